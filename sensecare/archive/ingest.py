@@ -1,0 +1,211 @@
+"""Reading an incoming Part 10 file into the attributes the index keeps.
+
+Everything that can be wrong with an upload is found here, before a byte is
+moved into storage: the caller gets a failure reason per PS3.4 Annex B / PS3.18
+§10.5.3 for each bad instance and the others are stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from sensecare.errors import InvalidDicomError
+
+logger = logging.getLogger(__name__)
+
+
+class FailureReason(enum.IntEnum):
+    """Store failure reasons (PS3.4 B.2.3, PS3.18 Table 10.5.3-2)."""
+
+    PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATA_SET_DOES_NOT_MATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+class InstanceRejected(InvalidDicomError):
+    """An instance that cannot be stored, with the reason code to report."""
+
+    def __init__(
+        self,
+        message: str,
+        reason: FailureReason = FailureReason.CANNOT_UNDERSTAND,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The indexed attributes of one instance, as plain values."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    # study level
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    study_id: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    # series level
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    series_date: str | None
+    # instance level
+    instance_number: int | None
+    number_of_frames: int | None
+    rows: int | None
+    columns: int | None
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse and validate a Part 10 file; raise :class:`InstanceRejected` when unusable."""
+    try:
+        ds = pydicom.dcmread(path, force=False)
+    except Exception as exc:  # pydicom raises many types for broken input
+        raise InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}") from exc
+    try:
+        return _header_from_dataset(ds)
+    except InstanceRejected:
+        raise
+    except Exception as exc:
+        raise InstanceRejected(
+            f"invalid attribute value: {_short(exc)}",
+            sop_class_uid=_safe_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_safe_uid(ds, "SOPInstanceUID"),
+        ) from exc
+
+
+def _header_from_dataset(ds: Dataset) -> InstanceHeader:
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not transfer_syntax:
+        raise InstanceRejected("file meta information has no TransferSyntaxUID")
+    sop_class = _required_uid(ds, "SOPClassUID", meta)
+    sop_instance = _required_uid(ds, "SOPInstanceUID", meta)
+    ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
+    study = _required_uid(ds, "StudyInstanceUID", None, **ids)
+    series = _required_uid(ds, "SeriesInstanceUID", None, **ids)
+    _check_pixel_data(ds, UID(transfer_syntax), **ids)
+    return InstanceHeader(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        transfer_syntax_uid=transfer_syntax,
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=_text(ds, "StudyTime", 16),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        study_id=_text(ds, "StudyID", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
+        modality=_text(ds, "Modality", 16),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 64),
+        body_part_examined=_text(ds, "BodyPartExamined", 16),
+        series_date=_text(ds, "SeriesDate", 8),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+    )
+
+
+def _required_uid(
+    ds: Dataset, keyword: str, meta: Dataset | None, **ids: str | None
+) -> str:
+    value = ds.get(keyword)
+    if not value and meta is not None:
+        value = meta.get("MediaStorage" + keyword)
+    text = str(value or "").strip()
+    if not text:
+        raise InstanceRejected(f"{keyword} is missing", **ids)
+    if not UID(text).is_valid:
+        raise InstanceRejected(
+            f"{keyword} {text[:70]!r} is not a valid UID",
+            FailureReason.DATA_SET_DOES_NOT_MATCH,
+            **ids,
+        )
+    return text
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID, **ids: str | None) -> None:
+    """A truncated upload must not be stored as if it were complete."""
+    if "PixelData" not in ds:
+        return
+    pixel_data = ds.PixelData
+    if transfer_syntax.is_encapsulated:
+        if not pixel_data.startswith(b"\xfe\xff\x00\xe0"):
+            raise InstanceRejected("encapsulated pixel data lacks its item tag", **ids)
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    expected = (
+        rows
+        * columns
+        * int(ds.get("SamplesPerPixel", 1))
+        * int(ds.get("NumberOfFrames", 1) or 1)
+        * int(ds.BitsAllocated)
+        + 7
+    ) // 8
+    if len(pixel_data) < expected:
+        raise InstanceRejected(
+            f"pixel data is truncated ({len(pixel_data)} of {expected} bytes)", **ids
+        )
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _safe_uid(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+        return str(value) if value else None
+    except Exception:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

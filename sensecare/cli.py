@@ -1,0 +1,169 @@
+"""The ``sensecare`` command: parses arguments, delegates, prints one line on error."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sensecare import __version__
+from sensecare.config import Settings
+from sensecare.errors import SenseCareError
+
+app = typer.Typer(help="SenseCare: chest CT archive and AI platform.", no_args_is_help=True, add_completion=False)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+console = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="SENSECARE_DATA_DIR", help="Where the index and files live.")]
+Db = Annotated[Optional[str], typer.Option("--db", envvar="SENSECARE_DB", help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in the data dir.")]
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = Path("var"),
+    host: Annotated[str, typer.Option(envvar="SENSECARE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SENSECARE_PORT")] = 8042,
+    dicom_port: Annotated[int, typer.Option("--dicom-port", envvar="SENSECARE_DICOM_PORT")] = 11112,
+    db: Db = None,
+    ae_title: Annotated[str, typer.Option("--ae-title", envvar="SENSECARE_AE_TITLE")] = "SENSECARE",
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this browser origin (repeatable); CORS is off otherwise.")] = None,
+    demo: Annotated[Optional[Path], typer.Option("--demo", help="Load DICOM files from this folder before serving.")] = None,
+) -> None:
+    """Serve DICOMweb + REST over HTTP and DIMSE (C-ECHO, C-STORE, C-FIND) in one process."""
+    from sensecare.server import build_context, serve as run
+
+    _configure_logging()
+    settings = _settings(
+        data_dir=data_dir, host=host, port=port, dicom_port=dicom_port, db=db, ae_title=ae_title,
+        cors_origins=cors_origin or None,
+    )
+    startup = build_context(settings)
+    if startup.generated_admin_token:
+        console.print(
+            Panel(
+                f"[bold]{startup.generated_admin_token}[/bold]\n\nShown once. Set SENSECARE_ADMIN_TOKEN "
+                "to choose your own, or create more with `sensecare token create`.",
+                title="Admin token generated",
+            )
+        )
+    if demo is not None:
+        if demo.exists():
+            _load(startup.context.archive, settings.default_tenant, demo)
+        else:
+            console.print(f"[yellow]demo data folder {demo} is absent; starting with an empty archive[/yellow]")
+    console.print(
+        f"SenseCare {__version__}: http://{host}:{port}/dicomweb  DIMSE {ae_title}@{host}:{dicom_port}  "
+        f"index {settings.database_url.split('@')[-1]}"
+    )
+    run(startup.context)
+
+
+@app.command("import")
+def import_files(
+    path: Annotated[Path, typer.Argument(help="A DICOM file or a folder to walk.")],
+    data_dir: DataDir = Path("var"),
+    db: Db = None,
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the data.")] = "default",
+) -> None:
+    """Store DICOM files from disk directly into the archive."""
+    from sensecare.archive.service import Archive
+
+    settings = _settings(data_dir=data_dir, db=db)
+    archive = Archive.open(settings.database_url, settings.data_dir)
+    archive.ensure_tenant(tenant)
+    try:
+        _load(archive, tenant, path)
+    finally:
+        archive.close()
+
+
+def _load(archive, tenant: str, path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sensecare.archive.loader import count_dicom_files, load_directory
+
+    total = count_dicom_files(path)
+    with Progress(
+        TextColumn("[bold]storing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task(str(path), total=total)
+        summary = load_directory(archive, tenant, path, progress=lambda n: progress.advance(task, n))
+    console.print(
+        f"stored {summary.stored}, already present {summary.duplicates}, "
+        f"failed {summary.failed}, not DICOM {summary.skipped}"
+    )
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin | tenant-admin | integrator | radiologist | operator")],
+    name: Annotated[str, typer.Option(help="Who or what uses the token.")] = "cli",
+    tenant: Annotated[str, typer.Option(help="Tenant the token acts for.")] = "default",
+    data_dir: DataDir = Path("var"),
+    db: Db = None,
+) -> None:
+    """Create a token and print it (it is stored only as a hash)."""
+    from sensecare.archive.service import Archive
+    from sensecare.auth import Role, TokenStore
+
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise SenseCareError(f"unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}") from None
+    settings = _settings(data_dir=data_dir, db=db)
+    archive = Archive.open(settings.database_url, settings.data_dir)
+    try:
+        token = TokenStore(archive.db).create(name, parsed, tenant)
+    finally:
+        archive.close()
+    typer.echo(token)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Entry point: domain errors become one line on stderr and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except SenseCareError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the unforeseen: one line, no traceback
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""DICOM object handling (volumes, rendering, ...)."""

@@ -1,0 +1,1 @@
+"""Test helpers shared between test packages (synthetic DICOM data, ...)."""
