@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,7 +144,10 @@ def _metadata(ctx: ServiceContext, base: str, instances: list[StoredInstance]) -
         def bulk_uri(elem: pydicom.DataElement, _url: str = url) -> str:
             return f"{_url}/bulkdata/{elem.tag:08X}"
 
-        body = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk_uri)
+        # Real-world files carry values that break their VR; skip those elements, keep the rest.
+        body = ds.to_json_dict(
+            bulk_data_threshold=1024, bulk_data_element_handler=bulk_uri, suppress_invalid_tags=True
+        )
         body["00020010"] = {"vr": "UI", "Value": [inst.transfer_syntax_uid]}
         if inst.has_image:
             vr = "OW" if int(ds.get("BitsAllocated", 8)) > 8 and not pydicom.uid.UID(inst.transfer_syntax_uid).is_encapsulated else "OB"

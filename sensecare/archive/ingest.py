@@ -87,6 +87,10 @@ def read_header(path: Path) -> InstanceHeader:
     except Exception as exc:  # pydicom raises many types for broken input
         raise InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}") from exc
     try:
+        # pydicom converts elements lazily; convert all now so a corrupt element is
+        # refused at the door instead of breaking a later metadata or render request.
+        for _element in ds.iterall():
+            pass
         return _header_from_dataset(ds)
     except InstanceRejected:
         raise
@@ -103,6 +107,8 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not transfer_syntax:
         raise InstanceRejected("file meta information has no TransferSyntaxUID")
+    if not UID(transfer_syntax).is_valid or not transfer_syntax.isascii():
+        raise InstanceRejected(f"TransferSyntaxUID {transfer_syntax[:70]!r} is not a valid UID")
     sop_class = _required_uid(ds, "SOPClassUID", meta)
     sop_instance = _required_uid(ds, "SOPInstanceUID", meta)
     ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}

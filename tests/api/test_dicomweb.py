@@ -7,7 +7,6 @@ on the 2-series, 128-instance real chest CT study of ``conftest.real_study``.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
+from tests.helpers.dcmtk import DCMTK_MISSING, dcmtk
 from tests.helpers.server import ServerProcess
 
 BATCH = 16
@@ -224,10 +224,11 @@ def test_restoring_the_same_instances_is_idempotent(stored) -> None:
 
 def test_storescu_resend_leaves_the_count_unchanged(stored) -> None:
     server, _client, files = stored
-    if shutil.which("storescu") is None:
-        pytest.skip("dcmtk storescu not installed (apt-get install dcmtk)")
+    storescu = dcmtk("storescu")
+    if storescu is None:
+        pytest.skip(DCMTK_MISSING)
     result = subprocess.run(
-        ["storescu", "-aec", "SENSECARE", "127.0.0.1", str(server.dicom_port), *map(str, files[:32])],
+        [storescu, "-aec", "SENSECARE", "127.0.0.1", str(server.dicom_port), *map(str, files[:32])],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
