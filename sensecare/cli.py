@@ -64,7 +64,7 @@ def serve(
             console.print(f"[yellow]demo data folder {demo} is absent; starting with an empty archive[/yellow]")
     console.print(
         f"SenseCare {__version__}: http://{host}:{port}/dicomweb  DIMSE {ae_title}@{host}:{dicom_port}  "
-        f"index {settings.database_url.split('@')[-1]}"
+        f"index {startup.context.archive.db.safe_url}"
     )
     run(startup.context)
 
@@ -145,7 +145,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SenseCareError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
@@ -161,7 +161,7 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         sys.exit(1)
 

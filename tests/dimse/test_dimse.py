@@ -41,7 +41,6 @@ from sensecare.dimse.scp import DimseServer
 from tests.helpers.dcmtk import DCMTK_MISSING, dcmtk, needs_dcmtk
 from tests.helpers.server import shared_data_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 AE_TITLE = "SENSECARE"
 TIMEOUT = 60
 
