@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers.server import ServerProcess, free_port  # noqa: E402
+from tests.helpers.server import ServerProcess, free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -93,7 +93,7 @@ class OrthancProcess:
         }
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(self.config, indent=2))
-        self.log = open(self.root / "orthanc.log", "ab")
+        self.log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             [str(self.binary), str(path)], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root,
             start_new_session=True,
@@ -233,6 +233,15 @@ class PySpy:
                 self.process.wait(5)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- machine
 
 
@@ -264,9 +273,9 @@ def filesystem_of(path: Path) -> dict[str, str | None]:
         for line in Path("/proc/mounts").read_text().splitlines():
             device, mount, fstype, *_ = line.split()
             mount = mount.replace("\\040", " ")
-            if resolved == mount or resolved.startswith(mount.rstrip("/") + "/"):
-                if best is None or len(mount) > len(best[1]):
-                    best = (device, mount, fstype)
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and (best is None or len(mount) > len(best[1])):
+                best = (device, mount, fstype)
     except OSError:
         pass
     if best is None:
@@ -274,11 +283,37 @@ def filesystem_of(path: Path) -> dict[str, str | None]:
     return {"device": best[0], "mount": best[1], "type": best[2]}
 
 
+def source_fingerprint() -> dict[str, str | None]:
+    """What SenseCare code ran: a digest of sensecare/**/*.py and the checked-out commit, if readable."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "sensecare").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    commit = None
+    try:  # read the files; no git command
+        head = (REPO / ".git" / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = REPO / ".git" / ref
+            if ref_file.exists():
+                commit = ref_file.read_text().strip()
+            else:
+                for line in (REPO / ".git" / "packed-refs").read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        commit = line.split()[0]
+        else:
+            commit = head
+    except OSError:
+        pass
+    return {"sensecare_source_sha256": digest.hexdigest(), "git_head": commit}
+
+
 def machine_info(workdir: Path) -> dict:
     from sensecare import __version__ as sensecare_version
 
     return {
-        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -290,6 +325,7 @@ def machine_info(workdir: Path) -> dict:
         "sqlite": sqlite3.sqlite_version,
         "sensecare_version": sensecare_version,
         "httpx_version": httpx.__version__,
+        **source_fingerprint(),
     }
 
 

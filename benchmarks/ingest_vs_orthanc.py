@@ -48,13 +48,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian  # noqa: E402
+import httpx
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+)
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     DICOM_JSON,
     OrthancProcess,
     PySpy,
@@ -63,13 +67,14 @@ from benchmarks.common import (  # noqa: E402
     median,
     multipart_related,
     percentile,
+    process_cpu_seconds,
     qido_rows,
     ratio,
     remove_tree,
     start_sensecare,
     stow_counts,
 )
-from sensecare.dicom.restamp import restamp_files  # noqa: E402
+from sensecare.dicom.restamp import restamp_files
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "chest-ct" / "LIDC-IDRI-0001" / "series"
 MB = 1e6
@@ -148,7 +153,7 @@ def stow_concurrently(target: Target, bodies: list[tuple[bytes, str, int]], clie
                                 f"{failed} failed: {response.text[:300]}"
                             )
                     stored[index] += referenced
-        except Exception as exc:  # reported, and the run fails
+        except Exception as exc:  # noqa: BLE001 - reported, and the run fails
             with lock:
                 errors.append(f"{target.name} client {index}: {type(exc).__name__}: {exc}")
             barrier.abort()
@@ -208,11 +213,14 @@ def run_ingest(args: argparse.Namespace, targets: list[Target], workdir: Path, p
                 spy = None
                 if profile_dir and target.name == "SenseCare":
                     spy = PySpy(args.py_spy, target.pid, profile_dir / f"ingest-c{clients}-r{round_index}.txt")
+                cpu_before = process_cpu_seconds(target.pid)
                 try:
                     result = stow_concurrently(target, payload.bodies, clients)
                 finally:
+                    cpu_after = process_cpu_seconds(target.pid)
                     if spy:
                         spy.stop()
+                cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
                 if result["errors"]:
                     raise RuntimeError("STOW failed: " + "; ".join(result["errors"][:3]))
                 count = study_instance_count(target, payload.study_uid)
@@ -235,12 +243,16 @@ def run_ingest(args: argparse.Namespace, targets: list[Target], workdir: Path, p
                     "mb_per_s": payload.file_bytes / MB / wall,
                     "request_p50_s": percentile(lat, 50),
                     "request_max_s": max(lat),
+                    "server_cpu_s": cpu,
+                    "server_cpu_ms_per_instance": 1000 * cpu / payload.instances if cpu is not None else None,
+                    "server_cores_busy": cpu / wall if cpu is not None else None,
                     "verified_instances": count,
                     "study_instance_uid": payload.study_uid,
                 }
                 runs.append(run)
                 log(f"ingest round {round_index + 1} C={clients} {target.name:9s}: "
-                    f"{run['instances_per_s']:7.1f} inst/s {run['mb_per_s']:6.1f} MB/s ({wall:.2f} s), verified {count}")
+                    f"{run['instances_per_s']:7.1f} inst/s {run['mb_per_s']:6.1f} MB/s ({wall:.2f} s), "
+                    f"server CPU {run['server_cpu_ms_per_instance'] or 0:.1f} ms/inst, verified {count}")
 
     summary = []
     for clients in args.clients:
@@ -251,6 +263,12 @@ def run_ingest(args: argparse.Namespace, targets: list[Target], workdir: Path, p
                 "median_instances_per_s": median([r["instances_per_s"] for r in mine]),
                 "median_mb_per_s": median([r["mb_per_s"] for r in mine]),
                 "rounds_instances_per_s": [round(r["instances_per_s"], 1) for r in mine],
+                "median_server_cpu_ms_per_instance": median(
+                    [r["server_cpu_ms_per_instance"] for r in mine if r["server_cpu_ms_per_instance"] is not None]
+                ),
+                "median_server_cores_busy": median(
+                    [r["server_cores_busy"] for r in mine if r["server_cores_busy"] is not None]
+                ),
             }
         row["ratio_sensecare_over_orthanc"] = ratio(
             row["SenseCare"]["median_instances_per_s"], row["Orthanc"]["median_instances_per_s"]
@@ -419,11 +437,15 @@ def run_qido(args: argparse.Namespace, targets: list[Target], profile_dir: Path 
     for target in targets:
         log(f"QIDO: storing {n} studies into {target.name} (batches of {args.qido_batch}, {args.qido_threads} threads)")
         spy = PySpy(args.py_spy, target.pid, profile_dir / "populate.txt") if profile_dir and target.name == "SenseCare" else None
+        cpu_before = process_cpu_seconds(target.pid)
         try:
             population[target.name] = populate(target, bodies, args.qido_threads, n)
         finally:
+            cpu_after = process_cpu_seconds(target.pid)
             if spy:
                 spy.stop()
+        if cpu_before is not None and cpu_after is not None:
+            population[target.name]["server_cpu_ms_per_study"] = 1000 * (cpu_after - cpu_before) / n
         log(f"  {target.name}: {n} studies in {population[target.name]['wall_s']:.1f} s "
             f"({population[target.name]['studies_per_s']:.0f}/s)")
         # Check the count: the (n-1)th and nth QIDO-* patients exist, the (n+1)th does not.
@@ -481,7 +503,7 @@ def print_report(report: dict) -> None:
         table = Table(title=f"STOW-RS ingest, {ingest['instances_per_run']} CT slices per run, "
                             f"{ingest['batch']} per request, median of {report['args']['rounds']} rounds")
         for column in ("clients", "Orthanc inst/s", "Orthanc MB/s", "SenseCare inst/s", "SenseCare MB/s",
-                       "SenseCare/Orthanc", "rounds inst/s (O | S)"):
+                       "SenseCare/Orthanc", "server CPU ms/inst (O | S)", "rounds inst/s (O | S)"):
             table.add_column(column, justify="right")
         for row in ingest["summary"]:
             o, s = row["Orthanc"], row["SenseCare"]
@@ -489,6 +511,7 @@ def print_report(report: dict) -> None:
                 str(row["clients"]), f"{o['median_instances_per_s']:.1f}", f"{o['median_mb_per_s']:.1f}",
                 f"{s['median_instances_per_s']:.1f}", f"{s['median_mb_per_s']:.1f}",
                 f"{row['ratio_sensecare_over_orthanc']:.2f}x",
+                f"{o['median_server_cpu_ms_per_instance']:.1f} | {s['median_server_cpu_ms_per_instance']:.1f}",
                 f"{o['rounds_instances_per_s']} | {s['rounds_instances_per_s']}",
             )
         console.print(table)
@@ -509,7 +532,8 @@ def print_report(report: dict) -> None:
         console.print(table)
         pop = qido["population"]
         console.print("population (STOW, tiny instances): " + ", ".join(
-            f"{name} {p['studies_per_s']:.0f} studies/s ({p['wall_s']:.0f} s)" for name, p in pop.items()))
+            f"{name} {p['studies_per_s']:.0f} studies/s ({p['wall_s']:.0f} s, server CPU "
+            f"{p.get('server_cpu_ms_per_study', float('nan')):.1f} ms/study)" for name, p in pop.items()))
         if qido["row_count_mismatches"]:
             console.print(f"[yellow]{len(qido['row_count_mismatches'])} queries returned different row counts[/yellow]")
     m = report["machine"]
