@@ -39,6 +39,7 @@ def serve(
     ae_title: Annotated[str, typer.Option("--ae-title", envvar="SENSECARE_AE_TITLE")] = "SENSECARE",
     cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this browser origin (repeatable); CORS is off otherwise.")] = None,
     demo: Annotated[Optional[Path], typer.Option("--demo", help="Load DICOM files from this folder before serving.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", envvar="SENSECARE_WORKERS", min=1, max=64, help="HTTP worker processes (default: one per CPU core, at most 4).")] = None,
 ) -> None:
     """Serve DICOMweb + REST over HTTP and DIMSE (C-ECHO, C-STORE, C-FIND) in one process."""
     from sensecare.server import build_context, serve as run
@@ -64,9 +65,16 @@ def serve(
             console.print(f"[yellow]demo data folder {demo} is absent; starting with an empty archive[/yellow]")
     console.print(
         f"SenseCare {__version__}: http://{host}:{port}/dicomweb  DIMSE {ae_title}@{host}:{dicom_port}  "
+        f"HTTP workers {workers or default_workers()}  "
         f"index {startup.context.archive.db.safe_url}"
     )
-    run(startup.context)
+    run(startup.context, workers=workers or default_workers())
+
+
+def default_workers() -> int:
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @app.command("import")

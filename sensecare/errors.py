@@ -45,6 +45,10 @@ class StorageError(SenseCareError):
     """The object store could not persist or read bytes."""
 
 
+class UndecodableInstanceError(SenseCareError):
+    """A stored instance's content cannot be decoded for the view asked of it."""
+
+
 # --- series -> volume ----------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sensecare.archive.audit import AuditLog
@@ -16,5 +17,5 @@ class ServiceContext:
     archive: Archive
     tokens: TokenStore
     audit: AuditLog
-    #: Names of listeners that must be up before /healthz says 200 (e.g. "http", "dimse").
-    ready: dict[str, bool] = field(default_factory=dict)
+    #: Listener name -> probe; /healthz says 200 when every probe answers True.
+    health_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)

@@ -14,8 +14,9 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 async def healthz(ctx: ServiceContext = Depends(get_context)) -> JSONResponse:
-    up = bool(ctx.ready) and all(ctx.ready.values())
+    listeners = {name: bool(probe()) for name, probe in ctx.health_checks.items()}
+    up = bool(listeners) and all(listeners.values())
     return JSONResponse(
-        {"status": "ok" if up else "starting", "listeners": ctx.ready, "version": __version__},
+        {"status": "ok" if up else "starting", "listeners": listeners, "version": __version__},
         status_code=200 if up else 503,
     )

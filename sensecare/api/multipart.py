@@ -9,13 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser
+from starlette.concurrency import run_in_threadpool
 from python_multipart.exceptions import MultipartParseError
 
-from sensecare.archive.storage import Spool
+from sensecare.archive.storage import Spool, SpooledFile, SpoolWriter
 from sensecare.errors import InvalidRequestError, UnsupportedMediaTypeError
 
 MAX_PART_HEADERS = 32
@@ -92,7 +91,7 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 class ReceivedPart:
     """One body part, spooled to disk."""
 
-    path: Path
+    file: SpooledFile
     content_type: str | None
 
 
@@ -105,9 +104,7 @@ class MultipartSpooler:
         self.spool = spool
         self.max_part_bytes = max_part_bytes
         self.parts: list[ReceivedPart] = []
-        self._handle: BinaryIO | None = None
-        self._path: Path | None = None
-        self._size = 0
+        self._writer: SpoolWriter | None = None
         self._headers: dict[str, str] = {}
         self._field = b""
         self._value = b""
@@ -131,8 +128,7 @@ class MultipartSpooler:
     # parser callbacks ----------------------------------------------------
     def _on_part_begin(self) -> None:
         self._headers = {}
-        self._path, self._handle = self.spool.new_file()
-        self._size = 0
+        self._writer = self.spool.writer()
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -148,20 +144,17 @@ class MultipartSpooler:
         pass
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._handle is None:
+        if self._writer is None:
             return
-        self._size += end - start
-        if self._size > self.max_part_bytes:
+        if self._writer.size + end - start > self.max_part_bytes:
             self._error = f"a part exceeds the {self.max_part_bytes} byte limit"
             raise MultipartParseError(self._error)
-        self._handle.write(data[start:end])
+        self._writer.write(data[start:end])
 
     def _on_part_end(self) -> None:
-        if self._handle is not None and self._path is not None:
-            self._handle.close()
-            self.parts.append(ReceivedPart(self._path, self._headers.get("content-type")))
-        self._handle = None
-        self._path = None
+        if self._writer is not None:
+            self.parts.append(ReceivedPart(self._writer.close(), self._headers.get("content-type")))
+        self._writer = None
 
     def _on_end(self) -> None:
         self._finished = True
@@ -183,14 +176,11 @@ class MultipartSpooler:
         return self.parts
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if self._path is not None:
-            self.spool.discard(self._path)
-            self._path = None
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
         for part in self.parts:
-            self.spool.discard(part.path)
+            self.spool.discard(part.file.path)
         self.parts = []
 
 
@@ -202,17 +192,16 @@ async def spool_request(
         raise UnsupportedMediaTypeError("Content-Type is required")
     media = MediaType.parse(content_type)
     if media.mime == "application/dicom":
-        path, handle = spool.new_file()
-        size = 0
-        with handle:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_part_bytes:
-                    handle.close()
-                    spool.discard(path)
+        writer = await run_in_threadpool(spool.writer)
+        try:
+            async for block in _coalesced(chunks):
+                if writer.size + len(block) > max_part_bytes:
                     raise InvalidRequestError(f"body exceeds the {max_part_bytes} byte limit")
-                handle.write(chunk)
-        return [ReceivedPart(path, "application/dicom")]
+                await run_in_threadpool(writer.write, block)
+        except BaseException:
+            writer.discard()
+            raise
+        return [ReceivedPart(writer.close(), "application/dicom")]
     if media.mime != "multipart/related":
         raise UnsupportedMediaTypeError(
             f"STOW-RS accepts multipart/related; type=\"application/dicom\", not {media.mime}"
@@ -224,12 +213,29 @@ async def spool_request(
         )
     spooler = MultipartSpooler(media.params.get("boundary", ""), spool, max_part_bytes)
     try:
-        async for chunk in chunks:
-            spooler.feed(chunk)
+        # File opens and writes happen in worker threads so the event loop keeps serving.
+        async for block in _coalesced(chunks):
+            await run_in_threadpool(spooler.feed, block)
     except BaseException:
         spooler.abort()
         raise
     return spooler.finish()
+
+
+async def _coalesced(chunks: AsyncIterator[bytes], size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """Join the server's small body chunks so each thread hop moves about ``size`` bytes."""
+    pending: list[bytes] = []
+    pending_size = 0
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= size:
+            yield b"".join(pending)
+            pending, pending_size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def new_boundary() -> str:

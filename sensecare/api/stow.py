@@ -55,11 +55,11 @@ async def _store(
     if not parts:
         raise InvalidRequestError("the multipart body holds no parts")
     outcomes: list[StoreOutcome | None] = [None] * len(parts)
-    dicom_indices, dicom_paths = [], []
+    dicom_indices, dicom_files = [], []
     for index, part in enumerate(parts):
         part_type = MediaType.parse(part.content_type).mime if part.content_type else "application/dicom"
         if part_type != "application/dicom":
-            ctx.archive.spool.discard(part.path)
+            ctx.archive.spool.discard(part.file.path)
             outcomes[index] = StoreOutcome(
                 StoreStatus.FAILED, None, None,
                 failure_reason=int(FailureReason.CANNOT_UNDERSTAND),
@@ -67,11 +67,11 @@ async def _store(
             )
         else:
             dicom_indices.append(index)
-            dicom_paths.append(part.path)
+            dicom_files.append(part.file)
     stored = await run_in_threadpool(
         ctx.archive.store_instances,
         principal.tenant_id,
-        dicom_paths,
+        dicom_files,
         received_via="stow-rs",
         study_instance_uid=study,
     )

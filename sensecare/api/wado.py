@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pydicom
 from fastapi import APIRouter, Depends, Request
@@ -24,7 +25,16 @@ from sensecare.dicom.transcode import (
     stored_frame,
     transcode,
 )
-from sensecare.errors import InvalidRequestError, NotAcceptableError, NotFoundError
+from sensecare.errors import (
+    InvalidRequestError,
+    NotAcceptableError,
+    NotFoundError,
+    SenseCareError,
+    UndecodableInstanceError,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 router = APIRouter(prefix="/dicomweb", tags=["WADO-RS"])
 
@@ -34,6 +44,18 @@ THUMBNAIL_SIZE = (128, 128)
 
 
 # ---------------------------------------------------------------- negotiation
+
+
+async def _decoding(function: Callable[..., T], *args: Any) -> T:
+    """Run a decoding step off the event loop; stored bytes that will not decode are a 422."""
+    try:
+        return await run_in_threadpool(function, *args)
+    except SenseCareError:
+        raise
+    except Exception as exc:  # pydicom and Pillow raise many types for odd content
+        logger.warning("cannot decode stored instance: %s", exc)
+        raise UndecodableInstanceError(f"stored instance cannot be decoded: {str(exc)[:200]}") from exc
+
 
 
 def _wanted_syntax(accept: str | None) -> str | None:
@@ -159,7 +181,7 @@ def _metadata(ctx: ServiceContext, base: str, instances: list[StoredInstance]) -
 async def _metadata_route(request: Request, principal: Principal, ctx: ServiceContext, *uids: str) -> Response:
     with audited(ctx, request, principal, "metadata", _resource(*uids)):
         instances = await run_in_threadpool(ctx.archive.locate_instances, principal.tenant_id, *uids)
-        body = await run_in_threadpool(_metadata, ctx, dicomweb_base(request), instances)
+        body = await _decoding(_metadata, ctx, dicomweb_base(request), instances)
     return JSONResponse(body, media_type=DICOM_JSON)
 
 
@@ -243,8 +265,8 @@ async def retrieve_frames(
 ) -> Response:
     with audited(ctx, request, principal, "retrieve", _resource(study, series, instance) + f"/frames/{frames}"):
         numbers = _parse_frames(frames)
-        _inst, ds = await run_in_threadpool(_load, ctx, principal, study, series, instance)
-        parts = await run_in_threadpool(_frame_parts, ds, numbers, request.headers.get("accept"))
+        _inst, ds = await _decoding(_load, ctx, principal, study, series, instance)
+        parts = await _decoding(_frame_parts, ds, numbers, request.headers.get("accept"))
     boundary = new_boundary()
     body = b"".join(multipart_stream(boundary, ((ct, (data,)) for ct, data in parts)))
     inner = MediaType.parse(parts[0][0]).mime
@@ -262,7 +284,7 @@ async def retrieve_bulkdata(
             element_tag = Tag(int(tag, 16))
         except ValueError:
             raise InvalidRequestError(f"bulk data tag {tag!r} must be 8 hex digits") from None
-        _inst, ds = await run_in_threadpool(_load, ctx, principal, study, series, instance)
+        _inst, ds = await _decoding(_load, ctx, principal, study, series, instance)
         if element_tag not in ds:
             raise NotFoundError(f"instance has no attribute {tag}")
         value = ds[element_tag].value
@@ -316,8 +338,8 @@ async def _rendered_route(
     study: str, series: str, instance: str, frame: int, size: tuple[int, int] | None, action: str,
 ) -> Response:
     with audited(ctx, request, principal, action, _resource(study, series, instance)):
-        _inst, ds = await run_in_threadpool(_load, ctx, principal, study, series, instance)
-        data, media_type = await run_in_threadpool(_render, ds, frame, request, size)
+        _inst, ds = await _decoding(_load, ctx, principal, study, series, instance)
+        data, media_type = await _decoding(_render, ds, frame, request, size)
     return Response(data, media_type=media_type)
 
 
@@ -365,8 +387,8 @@ async def _representative_thumbnail(
             with ctx.archive.storage.open(chosen.storage_key) as handle:
                 return pydicom.dcmread(handle)
 
-        ds = await run_in_threadpool(load)
-        data, media_type = await run_in_threadpool(_render, ds, 1, request, THUMBNAIL_SIZE)
+        ds = await _decoding(load)
+        data, media_type = await _decoding(_render, ds, 1, request, THUMBNAIL_SIZE)
     return Response(data, media_type=media_type)
 
 

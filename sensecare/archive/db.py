@@ -38,13 +38,22 @@ class Database:
                 url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=16
             )
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine, "begin", _sqlite_begin_immediate_if_asked)
+            event.listen(self.engine, "begin", _sqlite_begin)
+            # Writers take the write lock at BEGIN: a read-then-write transaction in WAL mode
+            # could otherwise fail at once with SQLITE_BUSY when another process wrote first.
+            self.write_engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8
+            )
+            event.listen(self.write_engine, "connect", _sqlite_pragmas)
+            event.listen(self.write_engine, "begin", _sqlite_begin_immediate)
         else:
             try:
                 self.engine = create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
             except Exception as exc:  # bad URL or driver missing
                 raise ConfigurationError(f"cannot use database {url!r}: {exc}") from exc
+            self.write_engine = self.engine
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         self._write_lock = threading.RLock() if self.is_sqlite else contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -55,7 +64,7 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success; durable once the block returns."""
-        with self._write_lock, self.sessions() as session, session.begin():
+        with self._write_lock, self.write_sessions() as session, session.begin():
             yield session
 
     def migrate(self) -> None:
@@ -81,6 +90,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.write_engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -94,5 +104,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def _sqlite_begin_immediate_if_asked(connection) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
     connection.exec_driver_sql("BEGIN")
+
+
+def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
+    connection.exec_driver_sql("BEGIN IMMEDIATE")

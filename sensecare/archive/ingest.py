@@ -11,10 +11,15 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
+from pydicom.charset import convert_encodings
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pydicom.valuerep import VR
 
 from sensecare.errors import InvalidDicomError
 
@@ -80,18 +85,19 @@ class InstanceHeader:
     columns: int | None
 
 
+#: Values longer than this (pixel data, mostly) are not read: only their lengths are checked.
+DEFER_BYTES = 4096
+
+
 def read_header(path: Path) -> InstanceHeader:
     """Parse and validate a Part 10 file; raise :class:`InstanceRejected` when unusable."""
     try:
-        ds = pydicom.dcmread(path, force=False)
+        ds = pydicom.dcmread(path, force=False, defer_size=DEFER_BYTES)
     except Exception as exc:  # pydicom raises many types for broken input
         raise InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}") from exc
     try:
-        # pydicom converts elements lazily; convert all now so a corrupt element is
-        # refused at the door instead of breaking a later metadata or render request.
-        for _element in ds.iterall():
-            pass
-        return _header_from_dataset(ds)
+        _check_structure(ds)
+        return _header_from_dataset(_Elements(ds), path.stat().st_size)
     except InstanceRejected:
         raise
     except Exception as exc:
@@ -102,19 +108,42 @@ def read_header(path: Path) -> InstanceHeader:
         ) from exc
 
 
-def _header_from_dataset(ds: Dataset) -> InstanceHeader:
-    meta = getattr(ds, "file_meta", None)
+class _Elements:
+    """Values of single elements, converted one at a time.
+
+    ``Dataset.get`` costs far more than the conversion itself; ingest reads about 25
+    elements per instance, so it converts the raw elements directly.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.encoding = convert_encodings(ds.get("SpecificCharacterSet"))
+
+    def get(self, keyword: str) -> Any:
+        element = self.ds.get_item(_TAGS[keyword])
+        if element is None:
+            return None
+        if isinstance(element, RawDataElement):
+            element = convert_raw_data_element(element, encoding=self.encoding, ds=self.ds)
+        return element.value
+
+    def __contains__(self, keyword: str) -> bool:
+        return _TAGS[keyword] in self.ds
+
+
+def _header_from_dataset(ds: _Elements, file_size: int) -> InstanceHeader:
+    meta = getattr(ds.ds, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not transfer_syntax:
         raise InstanceRejected("file meta information has no TransferSyntaxUID")
-    if not UID(transfer_syntax).is_valid or not transfer_syntax.isascii():
-        raise InstanceRejected(f"TransferSyntaxUID {transfer_syntax[:70]!r} is not a valid UID")
+    if not UID(transfer_syntax).is_transfer_syntax:
+        raise InstanceRejected(f"TransferSyntaxUID {transfer_syntax[:70]!r} is not a known transfer syntax")
     sop_class = _required_uid(ds, "SOPClassUID", meta)
     sop_instance = _required_uid(ds, "SOPInstanceUID", meta)
     ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
     study = _required_uid(ds, "StudyInstanceUID", None, **ids)
     series = _required_uid(ds, "SeriesInstanceUID", None, **ids)
-    _check_pixel_data(ds, UID(transfer_syntax), **ids)
+    _check_pixel_data(ds, UID(transfer_syntax), file_size, **ids)
     return InstanceHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
@@ -143,8 +172,37 @@ def _header_from_dataset(ds: Dataset) -> InstanceHeader:
     )
 
 
+KNOWN_VRS = frozenset(vr.value for vr in VR)
+_TAGS = {
+    keyword: tag_for_keyword(keyword)
+    for keyword in (
+        "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
+        "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+        "StudyID", "StudyDescription", "ReferringPhysicianName", "Modality", "SeriesNumber",
+        "SeriesDescription", "BodyPartExamined", "SeriesDate", "InstanceNumber", "NumberOfFrames",
+        "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelData",
+    )
+}
+
+
+def _check_structure(ds: Dataset) -> None:
+    """Refuse elements whose VR is unknown, at every nesting level.
+
+    pydicom decodes elements lazily, so a corrupt VR would otherwise surface only
+    when a later reader touches it. Values are not converted here (that costs a
+    millisecond per CT slice); readers tolerate values that break their VR.
+    """
+    for element in ds.elements():
+        vr = element.VR
+        if vr is not None and vr not in KNOWN_VRS:
+            raise InstanceRejected(f"element {element.tag} has an unknown VR {vr!r}")
+        if vr == "SQ":
+            for item in ds[element.tag].value:
+                _check_structure(item)
+
+
 def _required_uid(
-    ds: Dataset, keyword: str, meta: Dataset | None, **ids: str | None
+    ds: _Elements, keyword: str, meta: Dataset | None, **ids: str | None
 ) -> str:
     value = ds.get(keyword)
     if not value and meta is not None:
@@ -161,31 +219,36 @@ def _required_uid(
     return text
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: UID, **ids: str | None) -> None:
+def _check_pixel_data(
+    ds: _Elements, transfer_syntax: UID, file_size: int, **ids: str | None
+) -> None:
     """A truncated upload must not be stored as if it were complete."""
-    if "PixelData" not in ds:
+    element = ds.ds.get_item(_TAGS["PixelData"])
+    if element is None:
         return
-    pixel_data = ds.PixelData
+    value = element.value
     if transfer_syntax.is_encapsulated:
-        if not pixel_data.startswith(b"\xfe\xff\x00\xe0"):
+        if value is not None and not bytes(value[:4]) == b"\xfe\xff\x00\xe0":
             raise InstanceRejected("encapsulated pixel data lacks its item tag", **ids)
         return
-    rows, columns = int(ds.Rows), int(ds.Columns)
+    if value is None:  # deferred: the bytes present are what the file still holds
+        available = max(0, file_size - element.value_tell)
+        present = min(element.length, available)
+    else:
+        present = len(value)
     expected = (
-        rows
-        * columns
-        * int(ds.get("SamplesPerPixel", 1))
-        * int(ds.get("NumberOfFrames", 1) or 1)
-        * int(ds.BitsAllocated)
+        int(ds.get("Rows") or 0)
+        * int(ds.get("Columns") or 0)
+        * int(ds.get("SamplesPerPixel") or 1)
+        * int(ds.get("NumberOfFrames") or 1)
+        * int(ds.get("BitsAllocated") or 0)
         + 7
     ) // 8
-    if len(pixel_data) < expected:
-        raise InstanceRejected(
-            f"pixel data is truncated ({len(pixel_data)} of {expected} bytes)", **ids
-        )
+    if present < expected:
+        raise InstanceRejected(f"pixel data is truncated ({present} of {expected} bytes)", **ids)
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+def _text(ds: _Elements, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -194,7 +257,7 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     return str(value).strip()[:limit] or None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: _Elements, keyword: str) -> int | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +55,8 @@ def load_directory(
         batch = files[start : start + BATCH]
         spooled = []
         for path in batch:
-            target, handle = archive.spool.new_file()
-            with handle, open(path, "rb") as source:
-                shutil.copyfileobj(source, handle, 1024 * 1024)
-            spooled.append(target)
+            with open(path, "rb") as source:
+                spooled.append(archive.spool.copy_from(source))
         for outcome in archive.store_instances(tenant_id, spooled, received_via="import"):
             if outcome.status is StoreStatus.STORED:
                 summary.stored += 1

@@ -7,10 +7,10 @@ the DICOMweb routes and the DIMSE handlers are thin layers over this class.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from sensecare.archive.query import (
     conditions,
     normalize_name,
 )
-from sensecare.archive.storage import LocalFileStorage, ObjectStorage, Spool
+from sensecare.archive.storage import LocalFileStorage, ObjectStorage, Spool, SpooledFile
 from sensecare.errors import NotFoundError, SenseCareError
 
 logger = logging.getLogger(__name__)
@@ -88,12 +88,18 @@ class Archive:
         self._listeners: list[SeriesListener] = []
 
     @classmethod
-    def open(cls, database_url: str, data_dir: Path) -> Archive:
-        """The embedded profile: local files under ``data_dir`` and the given index."""
+    def open(cls, database_url: str, data_dir: Path, *, primary: bool = True) -> Archive:
+        """The embedded profile: local files under ``data_dir`` and the given index.
+
+        The primary process migrates the schema and clears the spool of a previous run;
+        worker processes that share the archive must do neither.
+        """
         db = Database(database_url)
-        db.migrate()
+        if primary:
+            db.migrate()
         archive = cls(db, LocalFileStorage(data_dir / "objects"), Spool(data_dir / "spool"))
-        archive.spool.clear()
+        if primary:
+            archive.spool.clear()
         return archive
 
     def add_listener(self, listener: SeriesListener) -> None:
@@ -109,7 +115,7 @@ class Archive:
     def store_instances(
         self,
         tenant_id: str,
-        files: Sequence[Path],
+        files: Sequence[SpooledFile],
         *,
         received_via: str,
         study_instance_uid: str | None = None,
@@ -122,7 +128,8 @@ class Archive:
         """
         outcomes: list[StoreOutcome | None] = [None] * len(files)
         candidates: list[tuple[int, InstanceHeader, Path, int, str]] = []
-        for index, path in enumerate(files):
+        for index, spooled in enumerate(files):
+            path = spooled.path
             try:
                 header = read_header(path)
                 if study_instance_uid and header.study_instance_uid != study_instance_uid:
@@ -140,11 +147,10 @@ class Archive:
                 )
                 self.spool.discard(path)
                 continue
-            size, digest = _size_and_digest(path)
-            candidates.append((index, header, path, size, digest))
+            candidates.append((index, header, path, spooled.size, spooled.sha256))
 
         known = self._existing(tenant_id, [c[1].sop_instance_uid for c in candidates])
-        fresh: list[tuple[int, InstanceHeader, Path, int, str, str]] = []
+        unique: list[tuple[int, InstanceHeader, Path, int, str]] = []
         seen_in_request: set[str] = set()
         for index, header, path, size, digest in candidates:
             uid = header.sop_instance_uid
@@ -153,7 +159,9 @@ class Archive:
                 self.spool.discard(path)
                 continue
             seen_in_request.add(uid)
-            fresh.append((index, header, path, size, digest, self.storage.new_key(tenant_id)))
+            unique.append((index, header, path, size, digest))
+        keys = self.storage.new_keys(tenant_id, len(unique))
+        fresh = [(*item, key) for item, key in zip(unique, keys)]
 
         if fresh:
             try:
@@ -218,96 +226,59 @@ class Archive:
         fresh: Sequence[tuple[int, InstanceHeader, Path, int, str, str]],
         received_via: str,
     ) -> tuple[set[str], dict[str, str]]:
-        """Insert rows in one transaction; returns (inserted UIDs, UID -> series of lost races)."""
-        insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
+        """Insert rows in one transaction; returns (inserted UIDs, UID -> series of lost races).
+
+        Core statements, not ORM units of work: one insert per new study and series and
+        one multi-row insert for all instances, whose RETURNING tells which rows were new.
+        """
+        insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
         now = utcnow()
-        inserted: set[str] = set()
+        headers = [h for _i, h, *_ in fresh]
         with self.db.write() as session:
             study_pks: dict[str, int] = {}
-            series_pks: dict[str, int] = {}
-            for _i, h, _p, size, digest, key in fresh:
+            for h in headers:
                 if h.study_instance_uid not in study_pks:
-                    session.execute(
-                        insert(Study)
-                        .values(
-                            tenant_id=tenant_id,
-                            study_instance_uid=h.study_instance_uid,
-                            patient_id=h.patient_id,
-                            patient_name=h.patient_name,
-                            patient_name_search=normalize_name(h.patient_name),
-                            patient_birth_date=h.patient_birth_date,
-                            patient_sex=h.patient_sex,
-                            study_date=h.study_date,
-                            study_time=h.study_time,
-                            accession_number=h.accession_number,
-                            study_id=h.study_id,
-                            study_description=h.study_description,
-                            referring_physician_name=h.referring_physician_name,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        .on_conflict_do_nothing(index_elements=["tenant_id", "study_instance_uid"])
+                    study_pks[h.study_instance_uid] = self._get_or_insert(
+                        session, insert, Study.__table__, ("tenant_id", "study_instance_uid"),
+                        _study_row(tenant_id, h, now),
                     )
-                    study_pks[h.study_instance_uid] = session.execute(
-                        select(Study.id).where(
-                            Study.tenant_id == tenant_id,
-                            Study.study_instance_uid == h.study_instance_uid,
-                        )
-                    ).scalar_one()
+            series_pks: dict[str, int] = {}
+            for h in headers:
                 if h.series_instance_uid not in series_pks:
-                    session.execute(
-                        insert(Series)
-                        .values(
-                            tenant_id=tenant_id,
-                            study_pk=study_pks[h.study_instance_uid],
-                            series_instance_uid=h.series_instance_uid,
-                            modality=h.modality,
-                            series_number=h.series_number,
-                            series_description=h.series_description,
-                            body_part_examined=h.body_part_examined,
-                            series_date=h.series_date,
-                            created_at=now,
-                            last_instance_at=now,
-                        )
-                        .on_conflict_do_nothing(index_elements=["tenant_id", "series_instance_uid"])
+                    series_pks[h.series_instance_uid] = self._get_or_insert(
+                        session, insert, Series.__table__, ("tenant_id", "series_instance_uid"),
+                        _series_row(tenant_id, study_pks[h.study_instance_uid], h, now),
                     )
-                    series_pks[h.series_instance_uid] = session.execute(
-                        select(Series.id).where(
-                            Series.tenant_id == tenant_id,
-                            Series.series_instance_uid == h.series_instance_uid,
-                        )
-                    ).scalar_one()
-                result = session.execute(
-                    insert(Instance)
-                    .values(
-                        tenant_id=tenant_id,
-                        series_pk=series_pks[h.series_instance_uid],
-                        sop_instance_uid=h.sop_instance_uid,
-                        sop_class_uid=h.sop_class_uid,
-                        instance_number=h.instance_number,
-                        transfer_syntax_uid=h.transfer_syntax_uid,
-                        number_of_frames=h.number_of_frames,
-                        rows=h.rows,
-                        columns=h.columns,
-                        storage_key=key,
-                        size_bytes=size,
-                        sha256=digest,
-                        received_via=received_via,
-                        created_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["tenant_id", "sop_instance_uid"])
-                )
-                if result.rowcount:
-                    inserted.add(h.sop_instance_uid)
-            if series_pks:
-                session.execute(
-                    Series.__table__.update()
-                    .where(Series.id.in_(series_pks.values()))
-                    .values(last_instance_at=now)
-                )
-        lost_uids = [h.sop_instance_uid for _i, h, *_ in fresh if h.sop_instance_uid not in inserted]
+            rows = [
+                _instance_row(tenant_id, series_pks[h.series_instance_uid], h, size, digest, key, received_via, now)
+                for _i, h, _p, size, digest, key in fresh
+            ]
+            table = Instance.__table__
+            result = session.execute(
+                insert(table)
+                .on_conflict_do_nothing(index_elements=["tenant_id", "sop_instance_uid"])
+                .returning(table.c.sop_instance_uid),
+                rows,
+            )
+            inserted = set(result.scalars())
+            session.execute(
+                Series.__table__.update()
+                .where(Series.__table__.c.id.in_(list(series_pks.values())))
+                .values(last_instance_at=now)
+            )
+        lost_uids = [h.sop_instance_uid for h in headers if h.sop_instance_uid not in inserted]
         lost = self._existing(tenant_id, lost_uids) if lost_uids else {}
         return inserted, lost
+
+    @staticmethod
+    def _get_or_insert(session, insert, table, keys: tuple[str, str], row: dict[str, Any]) -> int:  # type: ignore[no-untyped-def]
+        """Primary key of the row with these unique keys, inserting it if absent (race-safe)."""
+        where = [table.c[k] == row[k] for k in keys]
+        found = session.execute(select(table.c.id).where(*where)).scalar()
+        if found is not None:
+            return int(found)
+        session.execute(insert(table).values(row).on_conflict_do_nothing(index_elements=list(keys)))
+        return int(session.execute(select(table.c.id).where(*where)).scalar_one())
 
     # ------------------------------------------------------------------ search
 
@@ -453,12 +424,19 @@ class Archive:
         with self.db.read() as session:
             return int(session.execute(stmt).scalar_one())
 
-    def collect_orphans(self) -> int:
-        """Delete stored objects no index row points at (left by a crash between store and commit)."""
+    def collect_orphans(self, modified_before: float | None = None) -> int:
+        """Delete stored objects no index row points at (left by a crash between store and commit).
+
+        ``modified_before`` (epoch seconds, normally the process start) spares objects
+        that a live request has just moved into storage and is about to index.
+        """
+        candidates = list(self.storage.iter_keys(modified_before=modified_before))
+        if not candidates:
+            return 0
         with self.db.read() as session:
             indexed = set(session.scalars(select(Instance.storage_key)))
         removed = 0
-        for key in list(self.storage.iter_keys()):
+        for key in candidates:
             if key not in indexed:
                 self.storage.delete(key)
                 removed += 1
@@ -514,11 +492,58 @@ def _row_values(
     return values
 
 
-def _size_and_digest(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+def _study_row(tenant_id: str, h: InstanceHeader, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "study_instance_uid": h.study_instance_uid,
+        "patient_id": h.patient_id,
+        "patient_name": h.patient_name,
+        "patient_name_search": normalize_name(h.patient_name),
+        "patient_birth_date": h.patient_birth_date,
+        "patient_sex": h.patient_sex,
+        "study_date": h.study_date,
+        "study_time": h.study_time,
+        "accession_number": h.accession_number,
+        "study_id": h.study_id,
+        "study_description": h.study_description,
+        "referring_physician_name": h.referring_physician_name,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _series_row(tenant_id: str, study_pk: int, h: InstanceHeader, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "study_pk": study_pk,
+        "series_instance_uid": h.series_instance_uid,
+        "modality": h.modality,
+        "series_number": h.series_number,
+        "series_description": h.series_description,
+        "body_part_examined": h.body_part_examined,
+        "series_date": h.series_date,
+        "created_at": now,
+        "last_instance_at": now,
+    }
+
+
+def _instance_row(
+    tenant_id: str, series_pk: int, h: InstanceHeader, size: int, digest: str, key: str,
+    received_via: str, now: datetime,
+) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "series_pk": series_pk,
+        "sop_instance_uid": h.sop_instance_uid,
+        "sop_class_uid": h.sop_class_uid,
+        "instance_number": h.instance_number,
+        "transfer_syntax_uid": h.transfer_syntax_uid,
+        "number_of_frames": h.number_of_frames,
+        "rows": h.rows,
+        "columns": h.columns,
+        "storage_key": key,
+        "size_bytes": size,
+        "sha256": digest,
+        "received_via": received_via,
+        "created_at": now,
+    }

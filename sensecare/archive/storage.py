@@ -8,11 +8,13 @@ the moment the archive may acknowledge a store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -24,8 +26,8 @@ logger = logging.getLogger(__name__)
 class ObjectStorage(Protocol):
     """What the archive needs from a place that holds bytes."""
 
-    def new_key(self, tenant_id: str) -> str:
-        """A fresh, unique key for an object of this tenant."""
+    def new_keys(self, tenant_id: str, count: int) -> list[str]:
+        """Fresh, unique keys for ``count`` objects of this tenant stored together."""
         ...
 
     def put_files(self, items: Sequence[tuple[str, Path]]) -> None:
@@ -42,7 +44,8 @@ class ObjectStorage(Protocol):
     def delete(self, key: str) -> None:
         ...
 
-    def iter_keys(self) -> Iterator[str]:
+    def iter_keys(self, modified_before: float | None = None) -> Iterator[str]:
+        """Every key, or those last written before ``modified_before`` (epoch seconds)."""
         ...
 
 
@@ -57,9 +60,10 @@ class LocalFileStorage:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def new_key(self, tenant_id: str) -> str:
-        name = uuid.uuid4().hex
-        return f"{tenant_id}/{name[:2]}/{name[2:4]}/{name}.dcm"
+    def new_keys(self, tenant_id: str, count: int) -> list[str]:
+        # One directory per batch: storing it costs one directory fsync, not one per object.
+        batch = uuid.uuid4().hex
+        return [f"{tenant_id}/{batch[:2]}/{batch[2:4]}/{uuid.uuid4().hex}.dcm" for _ in range(count)]
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -70,8 +74,9 @@ class LocalFileStorage:
     def put_files(self, items: Sequence[tuple[str, Path]]) -> None:
         directories: set[Path] = set()
         try:
+            # Concurrent fsyncs let the filesystem commit them together.
+            list(_FSYNC_POOL.map(_fsync_file, [source for _key, source in items]))
             for key, source in items:
-                _fsync_file(source)
                 target = self._path(key)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
@@ -96,9 +101,54 @@ class LocalFileStorage:
         except FileNotFoundError:
             pass
 
-    def iter_keys(self) -> Iterator[str]:
+    def iter_keys(self, modified_before: float | None = None) -> Iterator[str]:
         for path in self.root.rglob("*.dcm"):
+            if modified_before is not None:
+                try:
+                    if path.stat().st_mtime >= modified_before:
+                        continue
+                except FileNotFoundError:
+                    continue
             yield path.relative_to(self.root).as_posix()
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """An upload written to the spool, with the size and digest taken while writing."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class SpoolWriter:
+    """One spool file being written; hashes as it goes so nothing is read twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: BinaryIO = open(path, "wb")
+        self._digest = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._digest.update(data)
+        self._size += len(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> SpooledFile:
+        self._handle.close()
+        # Start making the bytes durable now, while the rest of the upload arrives; the
+        # fsync before acknowledging then finds little left to write.
+        _FSYNC_POOL.submit(_fsync_quietly, self.path)
+        return SpooledFile(self.path, self._size, self._digest.hexdigest())
+
+    def discard(self) -> None:
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
 
 
 class Spool:
@@ -108,15 +158,30 @@ class Spool:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def new_file(self) -> tuple[Path, BinaryIO]:
-        path = self.root / f"{uuid.uuid4().hex}.part"
-        return path, open(path, "wb")
+    def writer(self) -> SpoolWriter:
+        return SpoolWriter(self.root / f"{uuid.uuid4().hex}.part")
+
+    def write_bytes(self, data: bytes) -> SpooledFile:
+        writer = self.writer()
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.close()
+
+    def copy_from(self, source: BinaryIO) -> SpooledFile:
+        writer = self.writer()
+        try:
+            while chunk := source.read(1024 * 1024):
+                writer.write(chunk)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.close()
 
     def discard(self, path: Path) -> None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
     def clear(self) -> int:
         """Remove leftovers of a crash; returns how many were removed."""
@@ -127,11 +192,7 @@ class Spool:
         return count
 
 
-def copy_to_spool(spool: Spool, source: BinaryIO) -> Path:
-    path, handle = spool.new_file()
-    with handle:
-        shutil.copyfileobj(source, handle, 1024 * 1024)
-    return path
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
 
 def _fsync_file(path: Path) -> None:
@@ -140,6 +201,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_quietly(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # already moved into storage or discarded: nothing to do
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -271,16 +271,13 @@ class DimseServer:
                 logger.warning("C-STORE from %s rejected: %s", calling_ae, problem[1])
                 return _status(*problem)
             try:
-                path, handle = self.archive.spool.new_file()
-                with handle:
-                    handle.write(encoded)
+                spooled = self.archive.spool.write_bytes(encoded)
             except OSError as exc:
                 logger.error("C-STORE from %s: cannot spool the data set: %s", calling_ae, exc)
-                if path is not None:
-                    self.archive.spool.discard(path)
                 return _status(OUT_OF_RESOURCES, "cannot spool the data set")
             del encoded
-            outcomes = self.archive.store_instances(tenant, [path], received_via="dimse")
+            path = spooled.path
+            outcomes = self.archive.store_instances(tenant, [spooled], received_via="dimse")
             path = None  # consumed by the archive
             outcome = outcomes[0]
             if outcome.status in (StoreStatus.STORED, StoreStatus.DUPLICATE):

@@ -18,7 +18,7 @@ TOKEN = "in-process-admin-token"
 
 def make_client(tmp_path: Path, **settings: object) -> TestClient:
     startup = build_context(Settings(data_dir=tmp_path / "data", admin_token=TOKEN, **settings))
-    startup.context.ready.update({"http": True, "dimse": True})
+    startup.context.health_checks.update({"http": lambda: True, "dimse": lambda: True})
     client = TestClient(create_app(startup.context), raise_server_exceptions=bool(os.environ.get("SENSECARE_TEST_RAISE")))
     client.headers["Authorization"] = f"Bearer {TOKEN}"
     client.ctx = startup.context  # type: ignore[attr-defined]

@@ -96,7 +96,7 @@ def test_orphans_left_by_a_crash_are_collected(tmp_path: Path) -> None:
     from sensecare.archive.service import Archive
 
     archive = Archive.open(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path)
-    key = archive.storage.new_key("default")
+    key, = archive.storage.new_keys("default", 1)
     orphan = tmp_path / "orphan.part"
     orphan.write_bytes(b"half of something")
     archive.storage.put_files([(key, orphan)])
