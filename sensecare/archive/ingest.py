@@ -118,17 +118,20 @@ class _Elements:
     def __init__(self, ds: Dataset) -> None:
         self.ds = ds
         self.encoding = convert_encodings(ds.get("SpecificCharacterSet"))
+        # Plain dict of the top level (raw elements stay raw): cheap lookups by tag.
+        self.by_tag = dict(zip(ds.keys(), ds.values()))
 
     def get(self, keyword: str) -> Any:
-        element = self.ds.get_item(_TAGS[keyword])
+        element = self.by_tag.get(_TAGS[keyword])
         if element is None:
             return None
         if isinstance(element, RawDataElement):
             element = convert_raw_data_element(element, encoding=self.encoding, ds=self.ds)
         return element.value
 
-    def __contains__(self, keyword: str) -> bool:
-        return _TAGS[keyword] in self.ds
+    def raw(self, keyword: str) -> Any:
+        """The element itself, unconverted (a deferred value is not read)."""
+        return self.by_tag.get(_TAGS[keyword])
 
 
 def _header_from_dataset(ds: _Elements, file_size: int) -> InstanceHeader:
@@ -192,7 +195,7 @@ def _check_structure(ds: Dataset) -> None:
     when a later reader touches it. Values are not converted here (that costs a
     millisecond per CT slice); readers tolerate values that break their VR.
     """
-    for element in ds.elements():
+    for element in ds.values():
         vr = element.VR
         if vr is not None and vr not in KNOWN_VRS:
             raise InstanceRejected(f"element {element.tag} has an unknown VR {vr!r}")
@@ -223,7 +226,7 @@ def _check_pixel_data(
     ds: _Elements, transfer_syntax: UID, file_size: int, **ids: str | None
 ) -> None:
     """A truncated upload must not be stored as if it were complete."""
-    element = ds.ds.get_item(_TAGS["PixelData"])
+    element = ds.raw("PixelData")
     if element is None:
         return
     value = element.value

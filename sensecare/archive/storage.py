@@ -141,9 +141,6 @@ class SpoolWriter:
 
     def close(self) -> SpooledFile:
         self._handle.close()
-        # Start making the bytes durable now, while the rest of the upload arrives; the
-        # fsync before acknowledging then finds little left to write.
-        _FSYNC_POOL.submit(_fsync_quietly, self.path)
         return SpooledFile(self.path, self._size, self._digest.hexdigest())
 
     def discard(self) -> None:
@@ -196,18 +193,13 @@ _FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
 
 def _fsync_file(path: Path) -> None:
+    # fdatasync flushes the data and what is needed to read it back (size, block map);
+    # it skips timestamps, which durability does not need.
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_quietly(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # already moved into storage or discarded: nothing to do
-        pass
 
 
 def _fsync_dir(path: Path) -> None:
