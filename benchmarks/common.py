@@ -234,12 +234,34 @@ class PySpy:
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (all its threads) so far, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live descendants so far, from /proc.
+
+    SenseCare serves HTTP from worker processes; counting only the parent would
+    miss nearly all of its work.
+    """
+    total = 0.0
+    found = False
+    for member in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total if found else None
+
+
+def _process_tree(pid: int) -> list[int]:
+    members, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        members.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return members
 
 
 # --------------------------------------------------------------------------- machine
