@@ -67,7 +67,7 @@ async def _store(
             )
         else:
             dicom_indices.append(index)
-            dicom_files.append(part.file)
+            dicom_files.append(part.incoming)
     stored = await run_in_threadpool(
         ctx.archive.store_instances,
         principal.tenant_id,

@@ -8,6 +8,7 @@ moved into storage: the caller gets a failure reason per PS3.4 Annex B / PS3.18
 from __future__ import annotations
 
 import enum
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
+from sensecare.archive.storage import SpooledFile
 from sensecare.errors import InvalidDicomError
 
 logger = logging.getLogger(__name__)
@@ -89,15 +91,68 @@ class InstanceHeader:
 DEFER_BYTES = 4096
 
 
+#: How much of an upload is kept in memory to parse its header without reading the file.
+HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IncomingInstance:
+    """A spooled upload, with its header when it was parsed while the bytes arrived."""
+
+    file: SpooledFile
+    parsed: InstanceHeader | InstanceRejected | None = None
+
+    def header(self) -> InstanceHeader:
+        """The validated header; raises :class:`InstanceRejected`."""
+        if isinstance(self.parsed, InstanceRejected):
+            raise self.parsed
+        return self.parsed or read_header(self.file.path)
+
+
 def read_header(path: Path) -> InstanceHeader:
     """Parse and validate a Part 10 file; raise :class:`InstanceRejected` when unusable."""
     try:
         ds = pydicom.dcmread(path, force=False, defer_size=DEFER_BYTES)
     except Exception as exc:  # pydicom raises many types for broken input
         raise InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}") from exc
+    return _validated(ds, path.stat().st_size)
+
+
+def parse_upload(head: bytes, size: int) -> InstanceHeader | InstanceRejected | None:
+    """Parse an upload from its first bytes while the rest is still being written.
+
+    Returns None when those bytes do not hold the whole header (the file is read
+    later instead): the prefix is enough only when it holds every element up to a
+    native Pixel Data element, or the whole file.
+    """
+    whole = len(head) >= size
+    try:
+        ds = pydicom.dcmread(io.BytesIO(head), force=False, defer_size=DEFER_BYTES)
+    except Exception as exc:
+        if whole:
+            return InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}")
+        return None
+    if not whole:
+        syntax = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
+        pixels = dict(zip(ds.keys(), ds.values())).get(_TAGS["PixelData"])
+        if (
+            pixels is None
+            or not syntax.is_transfer_syntax
+            or syntax.is_encapsulated
+            or pixels.value_tell is None
+            or pixels.value_tell > len(head)
+        ):
+            return None
+    try:
+        return _validated(ds, size)
+    except InstanceRejected as exc:
+        return exc
+
+
+def _validated(ds: Dataset, size: int) -> InstanceHeader:
     try:
         _check_structure(ds)
-        return _header_from_dataset(_Elements(ds), path.stat().st_size)
+        return _header_from_dataset(_Elements(ds), size)
     except InstanceRejected:
         raise
     except Exception as exc:

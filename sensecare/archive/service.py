@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sensecare.archive.db import Database
-from sensecare.archive.ingest import FailureReason, InstanceHeader, InstanceRejected, read_header
+from sensecare.archive.ingest import FailureReason, IncomingInstance, InstanceHeader, InstanceRejected
 from sensecare.archive.models import Instance, Series, Study, Tenant, utcnow
 from sensecare.archive.query import (
     ATTRIBUTES,
@@ -115,7 +115,7 @@ class Archive:
     def store_instances(
         self,
         tenant_id: str,
-        files: Sequence[SpooledFile],
+        files: Sequence[SpooledFile | IncomingInstance],
         *,
         received_via: str,
         study_instance_uid: str | None = None,
@@ -124,14 +124,17 @@ class Archive:
 
         The files are consumed (moved into storage or deleted). Returns one outcome
         per file, in order. ``study_instance_uid`` restricts the store to one study
-        (STOW-RS ``/studies/{study}``).
+        (STOW-RS ``/studies/{study}``). Headers parsed while uploading are used as
+        they are; other files are parsed here.
         """
         outcomes: list[StoreOutcome | None] = [None] * len(files)
         candidates: list[tuple[int, InstanceHeader, Path, int, str]] = []
-        for index, spooled in enumerate(files):
+        for index, item in enumerate(files):
+            incoming = item if isinstance(item, IncomingInstance) else IncomingInstance(item)
+            spooled = incoming.file
             path = spooled.path
             try:
-                header = read_header(path)
+                header = incoming.header()
                 if study_instance_uid and header.study_instance_uid != study_instance_uid:
                     raise InstanceRejected(
                         f"StudyInstanceUID {header.study_instance_uid} does not match "

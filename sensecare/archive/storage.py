@@ -119,20 +119,26 @@ class SpooledFile:
     path: Path
     size: int
     sha256: str
+    #: The first bytes (up to the writer's ``keep_head``), for parsing without a re-read.
+    head: bytes = b""
 
 
 class SpoolWriter:
     """One spool file being written; hashes as it goes so nothing is read twice."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_head: int = 0) -> None:
         self.path = path
         self._handle: BinaryIO = open(path, "wb")
         self._digest = hashlib.sha256()
         self._size = 0
+        self._keep_head = keep_head
+        self._head = bytearray()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._handle.write(data)
         self._digest.update(data)
+        if len(self._head) < self._keep_head:
+            self._head += data[: self._keep_head - len(self._head)]
         self._size += len(data)
 
     @property
@@ -141,7 +147,7 @@ class SpoolWriter:
 
     def close(self) -> SpooledFile:
         self._handle.close()
-        return SpooledFile(self.path, self._size, self._digest.hexdigest())
+        return SpooledFile(self.path, self._size, self._digest.hexdigest(), bytes(self._head))
 
     def discard(self) -> None:
         self._handle.close()
@@ -155,8 +161,8 @@ class Spool:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def writer(self) -> SpoolWriter:
-        return SpoolWriter(self.root / f"{uuid.uuid4().hex}.part")
+    def writer(self, keep_head: int = 0) -> SpoolWriter:
+        return SpoolWriter(self.root / f"{uuid.uuid4().hex}.part", keep_head)
 
     def write_bytes(self, data: bytes) -> SpooledFile:
         writer = self.writer()
