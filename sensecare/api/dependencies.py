@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from sensecare.api.context import ServiceContext
 from sensecare.api.errors import status_for
@@ -40,11 +41,15 @@ def client_address(request: Request) -> str | None:
     return f"{request.client.host}:{request.client.port}"
 
 
-@contextlib.contextmanager
-def audited(
+@contextlib.asynccontextmanager
+async def audited(
     ctx: ServiceContext, request: Request, principal: Principal, action: str, resource: str
-) -> Iterator[None]:
-    """Record one PHI access, including failed attempts (their status is the outcome)."""
+) -> AsyncIterator[None]:
+    """Record one PHI access, including failed attempts (their status is the outcome).
+
+    The record is written from a worker thread: it is a synced database write, and the
+    event loop must not wait on the disk.
+    """
     outcome = 0
     try:
         yield
@@ -56,7 +61,8 @@ def audited(
         raise
     finally:
         if ctx.settings.audit_reads:
-            ctx.audit.record(
+            await run_in_threadpool(
+                ctx.audit.record,
                 AuditRecord(
                     tenant_id=principal.tenant_id,
                     actor=principal.name,

@@ -48,7 +48,7 @@ def _to_json(base: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _search(request, principal, ctx, level: Level, resource: str, search, **scope) -> Response:  # type: ignore[no-untyped-def]
-    with audited(ctx, request, principal, "query", resource):
+    async with audited(ctx, request, principal, "query", resource):
         query = parse_query(level, list(request.query_params.multi_items()))
         rows = await run_in_threadpool(search, principal.tenant_id, query, **scope)
         return _results(request, level, rows, query.fuzzy)

@@ -110,7 +110,7 @@ def _check_syntax_possible(instances: list[StoredInstance], syntax: str | None) 
 
 async def _retrieve(request: Request, principal: Principal, ctx: ServiceContext, *uids: str) -> Response:
     resource = _resource(*uids)
-    with audited(ctx, request, principal, "retrieve", resource):
+    async with audited(ctx, request, principal, "retrieve", resource):
         syntax = _wanted_syntax(request.headers.get("accept"))
         instances = await run_in_threadpool(ctx.archive.locate_instances, principal.tenant_id, *uids)
         _check_syntax_possible(instances, syntax)
@@ -179,7 +179,7 @@ def _metadata(ctx: ServiceContext, base: str, instances: list[StoredInstance]) -
 
 
 async def _metadata_route(request: Request, principal: Principal, ctx: ServiceContext, *uids: str) -> Response:
-    with audited(ctx, request, principal, "metadata", _resource(*uids)):
+    async with audited(ctx, request, principal, "metadata", _resource(*uids)):
         instances = await run_in_threadpool(ctx.archive.locate_instances, principal.tenant_id, *uids)
         body = await _decoding(_metadata, ctx, dicomweb_base(request), instances)
     return JSONResponse(body, media_type=DICOM_JSON)
@@ -263,7 +263,7 @@ async def retrieve_frames(
     principal: Principal = Depends(require(Permission.READ_PHI)),
     ctx: ServiceContext = Depends(get_context),
 ) -> Response:
-    with audited(ctx, request, principal, "retrieve", _resource(study, series, instance) + f"/frames/{frames}"):
+    async with audited(ctx, request, principal, "retrieve", _resource(study, series, instance) + f"/frames/{frames}"):
         numbers = _parse_frames(frames)
         _inst, ds = await _decoding(_load, ctx, principal, study, series, instance)
         parts = await _decoding(_frame_parts, ds, numbers, request.headers.get("accept"))
@@ -279,7 +279,7 @@ async def retrieve_bulkdata(
     principal: Principal = Depends(require(Permission.READ_PHI)),
     ctx: ServiceContext = Depends(get_context),
 ) -> Response:
-    with audited(ctx, request, principal, "retrieve", _resource(study, series, instance) + f"/bulkdata/{tag}"):
+    async with audited(ctx, request, principal, "retrieve", _resource(study, series, instance) + f"/bulkdata/{tag}"):
         try:
             element_tag = Tag(int(tag, 16))
         except ValueError:
@@ -337,7 +337,7 @@ async def _rendered_route(
     request: Request, principal: Principal, ctx: ServiceContext,
     study: str, series: str, instance: str, frame: int, size: tuple[int, int] | None, action: str,
 ) -> Response:
-    with audited(ctx, request, principal, action, _resource(study, series, instance)):
+    async with audited(ctx, request, principal, action, _resource(study, series, instance)):
         _inst, ds = await _decoding(_load, ctx, principal, study, series, instance)
         data, media_type = await _decoding(_render, ds, frame, request, size)
     return Response(data, media_type=media_type)
@@ -374,7 +374,7 @@ async def _representative_thumbnail(
     request: Request, principal: Principal, ctx: ServiceContext, study: str, series: str | None
 ) -> Response:
     """A series (or study) thumbnail is its middle image, as a reader would pick."""
-    with audited(ctx, request, principal, "thumbnail", _resource(study, series or "")):
+    async with audited(ctx, request, principal, "thumbnail", _resource(study, series or "")):
         instances = await run_in_threadpool(ctx.archive.locate_instances, principal.tenant_id, study, series)
         images = [i for i in instances if i.has_image]
         if not images:
