@@ -113,7 +113,8 @@ class Instance(Base):
     columns: Mapped[int | None] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
+    #: ``algorithm:hex`` of the stored bytes (``crc32c:...``), checked by integrity scans.
+    checksum: Mapped[str] = mapped_column(String(80))
     received_via: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -150,19 +150,19 @@ class Archive:
                 )
                 self.spool.discard(path)
                 continue
-            candidates.append((index, header, path, spooled.size, spooled.sha256))
+            candidates.append((index, header, path, spooled.size, spooled.checksum))
 
         known = self._existing(tenant_id, [c[1].sop_instance_uid for c in candidates])
         unique: list[tuple[int, InstanceHeader, Path, int, str]] = []
         seen_in_request: set[str] = set()
-        for index, header, path, size, digest in candidates:
+        for index, header, path, size, checksum in candidates:
             uid = header.sop_instance_uid
             if uid in known or uid in seen_in_request:
                 outcomes[index] = self._duplicate_outcome(header, known.get(uid))
                 self.spool.discard(path)
                 continue
             seen_in_request.add(uid)
-            unique.append((index, header, path, size, digest))
+            unique.append((index, header, path, size, checksum))
         keys = self.storage.new_keys(tenant_id, len(unique))
         fresh = [(*item, key) for item, key in zip(unique, keys)]
 
@@ -253,8 +253,8 @@ class Archive:
                         _series_row(tenant_id, study_pks[h.study_instance_uid], h, now),
                     )
             rows = [
-                _instance_row(tenant_id, series_pks[h.series_instance_uid], h, size, digest, key, received_via, now)
-                for _i, h, _p, size, digest, key in fresh
+                _instance_row(tenant_id, series_pks[h.series_instance_uid], h, size, checksum, key, received_via, now)
+                for _i, h, _p, size, checksum, key in fresh
             ]
             table = Instance.__table__
             result = session.execute(
@@ -531,7 +531,7 @@ def _series_row(tenant_id: str, study_pk: int, h: InstanceHeader, now: datetime)
 
 
 def _instance_row(
-    tenant_id: str, series_pk: int, h: InstanceHeader, size: int, digest: str, key: str,
+    tenant_id: str, series_pk: int, h: InstanceHeader, size: int, checksum: str, key: str,
     received_via: str, now: datetime,
 ) -> dict[str, Any]:
     return {
@@ -546,7 +546,7 @@ def _instance_row(
         "columns": h.columns,
         "storage_key": key,
         "size_bytes": size,
-        "sha256": digest,
+        "checksum": checksum,
         "received_via": received_via,
         "created_at": now,
     }

@@ -117,7 +117,7 @@ def upgrade() -> None:
     sa.Column('columns', sa.Integer(), nullable=True),
     sa.Column('storage_key', sa.String(length=512), nullable=False),
     sa.Column('size_bytes', sa.BigInteger(), nullable=False),
-    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('checksum', sa.String(length=80), nullable=False),
     sa.Column('received_via', sa.String(length=16), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['series_pk'], ['series.id'], ondelete='CASCADE'),
