@@ -76,6 +76,16 @@ class StoredInstance:
         return self.rows is not None
 
 
+@dataclass
+class _Candidate:
+    """One instance on its way into the archive: where it came from and where it goes."""
+
+    index: int  # position in the request, for its outcome
+    header: InstanceHeader
+    file: SpooledFile
+    key: str = ""  # storage key, once assigned
+
+
 #: Called after a commit with the (tenant, series UID) pairs that received instances.
 SeriesListener = Callable[[str, set[str]], None]
 
@@ -128,11 +138,9 @@ class Archive:
         they are; other files are parsed here.
         """
         outcomes: list[StoreOutcome | None] = [None] * len(files)
-        candidates: list[tuple[int, InstanceHeader, Path, int, str]] = []
+        candidates: list[_Candidate] = []
         for index, item in enumerate(files):
             incoming = item if isinstance(item, IncomingInstance) else IncomingInstance(item)
-            spooled = incoming.file
-            path = spooled.path
             try:
                 header = incoming.header()
                 if study_instance_uid and header.study_instance_uid != study_instance_uid:
@@ -148,47 +156,47 @@ class Archive:
                     StoreStatus.FAILED, exc.sop_class_uid, exc.sop_instance_uid,
                     failure_reason=int(exc.reason), message=str(exc),
                 )
-                self.spool.discard(path)
+                self.spool.discard(incoming.file.path)
                 continue
-            candidates.append((index, header, path, spooled.size, spooled.checksum))
+            candidates.append(_Candidate(index, header, incoming.file))
 
-        known = self._existing(tenant_id, [c[1].sop_instance_uid for c in candidates])
-        unique: list[tuple[int, InstanceHeader, Path, int, str]] = []
+        known = self._existing(tenant_id, [c.header.sop_instance_uid for c in candidates])
+        fresh: list[_Candidate] = []
         seen_in_request: set[str] = set()
-        for index, header, path, size, checksum in candidates:
-            uid = header.sop_instance_uid
+        for candidate in candidates:
+            uid = candidate.header.sop_instance_uid
             if uid in known or uid in seen_in_request:
-                outcomes[index] = self._duplicate_outcome(header, known.get(uid))
-                self.spool.discard(path)
+                outcomes[candidate.index] = self._duplicate_outcome(candidate.header, known.get(uid))
+                self.spool.discard(candidate.file.path)
                 continue
             seen_in_request.add(uid)
-            unique.append((index, header, path, size, checksum))
-        keys = self.storage.new_keys(tenant_id, len(unique))
-        fresh = [(*item, key) for item, key in zip(unique, keys)]
+            fresh.append(candidate)
+        for candidate, key in zip(fresh, self.storage.new_keys(tenant_id, len(fresh))):
+            candidate.key = key
 
         if fresh:
             try:
-                self.storage.put_files([(key, path) for *_, path, _s, _d, key in fresh])
+                self.storage.put_files([(c.key, c.file.path) for c in fresh])
             except SenseCareError as exc:
-                for index, header, path, *_ in fresh:
-                    self.spool.discard(path)
-                    outcomes[index] = StoreOutcome(
-                        StoreStatus.FAILED, header.sop_class_uid, header.sop_instance_uid,
+                for c in fresh:
+                    self.spool.discard(c.file.path)
+                    outcomes[c.index] = StoreOutcome(
+                        StoreStatus.FAILED, c.header.sop_class_uid, c.header.sop_instance_uid,
                         failure_reason=int(FailureReason.OUT_OF_RESOURCES), message=str(exc),
                     )
                 fresh = []
         if fresh:
             inserted, lost = self._index(tenant_id, fresh, received_via)
-            for index, header, _path, _size, _digest, key in fresh:
-                if header.sop_instance_uid in inserted:
-                    outcomes[index] = StoreOutcome(
-                        StoreStatus.STORED, header.sop_class_uid, header.sop_instance_uid,
-                        header.study_instance_uid, header.series_instance_uid,
+            for c in fresh:
+                if c.header.sop_instance_uid in inserted:
+                    outcomes[c.index] = StoreOutcome(
+                        StoreStatus.STORED, c.header.sop_class_uid, c.header.sop_instance_uid,
+                        c.header.study_instance_uid, c.header.series_instance_uid,
                     )
                 else:  # a concurrent request stored the same instance first
-                    self.storage.delete(key)
-                    outcomes[index] = self._duplicate_outcome(header, lost.get(header.sop_instance_uid))
-            touched = {h.series_instance_uid for _i, h, *_ in fresh if h.sop_instance_uid in inserted}
+                    self.storage.delete(c.key)
+                    outcomes[c.index] = self._duplicate_outcome(c.header, lost.get(c.header.sop_instance_uid))
+            touched = {c.header.series_instance_uid for c in fresh if c.header.sop_instance_uid in inserted}
             if touched:
                 for listener in self._listeners:
                     try:
@@ -226,7 +234,7 @@ class Archive:
     def _index(
         self,
         tenant_id: str,
-        fresh: Sequence[tuple[int, InstanceHeader, Path, int, str, str]],
+        fresh: Sequence[_Candidate],
         received_via: str,
     ) -> tuple[set[str], dict[str, str]]:
         """Insert rows in one transaction; returns (inserted UIDs, UID -> series of lost races).
@@ -236,7 +244,7 @@ class Archive:
         """
         insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
         now = utcnow()
-        headers = [h for _i, h, *_ in fresh]
+        headers = [c.header for c in fresh]
         with self.db.write() as session:
             study_pks: dict[str, int] = {}
             for h in headers:
@@ -253,8 +261,8 @@ class Archive:
                         _series_row(tenant_id, study_pks[h.study_instance_uid], h, now),
                     )
             rows = [
-                _instance_row(tenant_id, series_pks[h.series_instance_uid], h, size, checksum, key, received_via, now)
-                for _i, h, _p, size, checksum, key in fresh
+                _instance_row(tenant_id, series_pks[c.header.series_instance_uid], c, received_via, now)
+                for c in fresh
             ]
             table = Instance.__table__
             result = session.execute(
@@ -531,9 +539,9 @@ def _series_row(tenant_id: str, study_pk: int, h: InstanceHeader, now: datetime)
 
 
 def _instance_row(
-    tenant_id: str, series_pk: int, h: InstanceHeader, size: int, checksum: str, key: str,
-    received_via: str, now: datetime,
+    tenant_id: str, series_pk: int, c: _Candidate, received_via: str, now: datetime
 ) -> dict[str, Any]:
+    h = c.header
     return {
         "tenant_id": tenant_id,
         "series_pk": series_pk,
@@ -544,9 +552,9 @@ def _instance_row(
         "number_of_frames": h.number_of_frames,
         "rows": h.rows,
         "columns": h.columns,
-        "storage_key": key,
-        "size_bytes": size,
-        "checksum": checksum,
+        "storage_key": c.key,
+        "size_bytes": c.file.size,
+        "checksum": c.file.checksum,
         "received_via": received_via,
         "created_at": now,
     }
