@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import httpx
-import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-)
 
 from benchmarks.common import (
     DICOM_JSON,
@@ -75,6 +67,7 @@ from benchmarks.common import (
     stow_counts,
 )
 from sensecare.dicom.restamp import restamp_files
+from tests.helpers.synthetic_ct import make_ct_series
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "chest-ct" / "LIDC-IDRI-0001" / "series"
 MB = 1e6
@@ -281,51 +274,18 @@ def run_ingest(args: argparse.Namespace, targets: list[Target], workdir: Path, p
 # --------------------------------------------------------------------------- QIDO
 
 
-def synthetic_study(i: int, pixels: bytes) -> bytes:
+def synthetic_study(i: int) -> bytes:
     """One tiny CT instance (16x16) of its own study and patient, as Part 10 bytes."""
     study_date = dt.date(2000, 1, 1) + dt.timedelta(days=(i * 7919) % 7305)  # spread over 2000-2019
-    sop_uid = f"2.25.{uuid.uuid4().int}"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
+    ds = make_ct_series(
+        n_slices=1, rows=16, cols=16, shuffle=False,
+        patient_id=f"QIDO-{i:05d}", patient_name=f"Qido^Patient{i}",
+    )[0]
     ds.StudyDate = study_date.strftime("%Y%m%d")
     ds.StudyTime = f"{8 + i % 10:02d}{i % 60:02d}00"
     ds.AccessionNumber = f"QA{i:06d}"
-    ds.Modality = "CT"
-    ds.PatientName = f"Qido^Patient{i}"
-    ds.PatientID = f"QIDO-{i:05d}"
-    ds.PatientBirthDate = "19600101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = f"2.25.{uuid.uuid4().int}"
-    ds.SeriesInstanceUID = f"2.25.{uuid.uuid4().int}"
     ds.StudyID = str(i)
     ds.StudyDescription = "QIDO benchmark"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.FrameOfReferenceUID = f"2.25.{uuid.uuid4().int}"
-    ds.ImagePositionPatient = ["0", "0", "0"]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.PixelSpacing = ["1", "1"]
-    ds.SliceThickness = "1"
-    ds.Rows = 16
-    ds.Columns = 16
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = "-1024"
-    ds.RescaleSlope = "1"
-    ds.PixelData = pixels
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -425,9 +385,7 @@ def time_queries(target: Target, queries: list[tuple[str, dict[str, str]]]) -> l
 def run_qido(args: argparse.Namespace, targets: list[Target], profile_dir: Path | None) -> dict:
     n = args.qido_studies
     log(f"QIDO: making {n} synthetic studies (16x16 CT, one instance each)")
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 2000, size=(16, 16), dtype=np.int16).tobytes()
-    instances = [synthetic_study(i, pixels) for i in range(n)]
+    instances = [synthetic_study(i) for i in range(n)]
     bodies = []
     for start in range(0, n, args.qido_batch):
         chunk = instances[start : start + args.qido_batch]
