@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers.server import ServerProcess, free_port
+from tests.helpers.server import ServerProcess, free_port, wait_until_up
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -98,17 +98,8 @@ class OrthancProcess:
             [str(self.binary), str(path)], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/system", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"Orthanc did not come up:\n{self.log_text()}")
+        wait_until_up(self.url + "/system", self.process, self.log_text, timeout, "Orthanc")
+        return self
 
     def system(self) -> dict:
         return httpx.get(self.url + "/system", timeout=10).json()

@@ -97,15 +97,15 @@ def import_files(
 
 
 def _load(archive, tenant: str, path: Path) -> None:  # type: ignore[no-untyped-def]
-    from sensecare.archive.loader import count_dicom_files, load_directory
+    from sensecare.archive.loader import find_dicom_files, load_files
 
-    total = count_dicom_files(path)
+    found = find_dicom_files(path)
     with Progress(
         TextColumn("[bold]storing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
-        task = progress.add_task(str(path), total=total)
-        summary = load_directory(archive, tenant, path, progress=lambda n: progress.advance(task, n))
+        task = progress.add_task(str(path), total=len(found.dicom))
+        summary = load_files(archive, tenant, found, progress=lambda n: progress.advance(task, n))
     console.print(
         f"stored {summary.stored}, already present {summary.duplicates}, "
         f"failed {summary.failed}, not DICOM {summary.skipped}"

@@ -29,7 +29,7 @@ class MediaType:
 
     @classmethod
     def parse(cls, text: str) -> MediaType:
-        pieces = _split_params(text)
+        pieces = _split_outside_quotes(text, ";")
         mime = pieces[0].strip().lower()
         params: dict[str, str] = {}
         for piece in pieces[1:]:
@@ -38,21 +38,6 @@ class MediaType:
                 continue
             params[key.strip().lower()] = value.strip().strip('"')
         return cls(mime, params)
-
-
-def _split_params(text: str) -> list[str]:
-    """Split on ';' outside double quotes (type="application/dicom" may hold none, but be safe)."""
-    pieces, current, quoted = [], [], False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == ";" and not quoted:
-            pieces.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    pieces.append("".join(current))
-    return pieces
 
 
 def parse_accept(header: str | None) -> list[MediaType]:
@@ -74,6 +59,7 @@ def parse_accept(header: str | None) -> list[MediaType]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside double quotes (parameters may quote ';' and ',')."""
     pieces, current, quoted = [], [], False
     for char in text:
         if char == '"':

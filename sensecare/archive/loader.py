@@ -30,27 +30,31 @@ def is_part10(path: Path) -> bool:
         return False
 
 
-def _files(root: Path) -> list[Path]:
+@dataclass(frozen=True)
+class FoundFiles:
+    """The Part 10 files under a folder, and how many other files were passed over."""
+
+    dicom: list[Path]
+    skipped: int
+
+
+def find_dicom_files(root: Path) -> FoundFiles:
     if not root.exists():
         raise NotFoundError(f"{root} does not exist")
-    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    dicom = [p for p in paths if is_part10(p)]
+    return FoundFiles(dicom, len(paths) - len(dicom))
 
 
-def count_dicom_files(root: Path) -> int:
-    return sum(is_part10(p) for p in _files(root))
-
-
-def load_directory(
+def load_files(
     archive: Archive,
     tenant_id: str,
-    root: Path,
+    found: FoundFiles,
     progress: Callable[[int], None] | None = None,
 ) -> LoadSummary:
-    """Store every Part 10 file under ``root``; already-stored instances are left as they are."""
-    summary = LoadSummary()
-    all_files = _files(root)
-    files = [p for p in all_files if is_part10(p)]
-    summary.skipped = len(all_files) - len(files)
+    """Store the found files; already-stored instances are left as they are."""
+    summary = LoadSummary(skipped=found.skipped)
+    files = found.dicom
     for start in range(0, len(files), BATCH):
         batch = files[start : start + BATCH]
         spooled = []

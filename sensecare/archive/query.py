@@ -8,7 +8,7 @@ UIDs, wildcard (``*``/``?``; case-insensitive for person names) or date range.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -259,7 +259,3 @@ def normalize_name(name: str | None) -> str | None:
     if name is None:
         return None
     return name.strip().upper()
-
-
-def params_from_mapping(mapping: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in mapping.items()]

@@ -8,6 +8,7 @@ the moment the archive may acknowledge a store.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
@@ -36,10 +37,6 @@ class ObjectStorage(Protocol):
         ...
 
     def open(self, key: str) -> BinaryIO:
-        ...
-
-    def local_path(self, key: str) -> Path | None:
-        """A filesystem path for zero-copy reads, when the backend has one."""
         ...
 
     def delete(self, key: str) -> None:
@@ -92,9 +89,6 @@ class LocalFileStorage:
             return open(self._path(key), "rb")
         except FileNotFoundError as exc:
             raise NotFoundError(f"stored object {key!r} is missing") from exc
-
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
 
     def delete(self, key: str) -> None:
         try:
@@ -168,13 +162,7 @@ class Spool:
         return SpoolWriter(self.root / f"{uuid.uuid4().hex}.part", keep_head)
 
     def write_bytes(self, data: bytes) -> SpooledFile:
-        writer = self.writer()
-        try:
-            writer.write(data)
-        except BaseException:
-            writer.discard()
-            raise
-        return writer.close()
+        return self.copy_from(io.BytesIO(data))
 
     def copy_from(self, source: BinaryIO) -> SpooledFile:
         writer = self.writer()

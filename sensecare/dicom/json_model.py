@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 
 def element(vr: str, value: Any) -> dict[str, Any]:
@@ -20,16 +18,3 @@ def element(vr: str, value: Any) -> dict[str, Any]:
     if vr in {"DS", "FL", "FD"}:
         return {"vr": vr, "Value": [float(v) for v in values]}
     return {"vr": vr, "Value": [str(v) for v in values]}
-
-
-def dataset_json(attributes: Iterable[tuple[str, str, Any]]) -> dict[str, Any]:
-    """(tag hex, VR, value) triples to a DICOM JSON object, sorted by tag as PS3.18 F.2 asks."""
-    return {tag: element(vr, value) for tag, vr, value in sorted(attributes, key=lambda t: t[0])}
-
-
-def keyword_tag(keyword: str) -> str:
-    return f"{tag_for_keyword(keyword):08X}"
-
-
-def keyword_vr(keyword: str) -> str:
-    return str(dictionary_VR(tag_for_keyword(keyword)))

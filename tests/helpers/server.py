@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,23 @@ def shared_data_dir() -> Path:
     """``$SENSECARE_SHARED_DATA``, else ``<repo>/../shared/data``."""
     env = os.environ.get("SENSECARE_SHARED_DATA")
     return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def wait_until_up(
+    url: str, process: subprocess.Popen, log_text: Callable[[], str], timeout: float, name: str
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the process log if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{log_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not come up:\n{log_text()}")
 
 
 def free_port() -> int:
@@ -63,17 +81,8 @@ class ServerProcess:
              "--dicom-port", str(self.dicom_port), *self.extra_args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not become healthy:\n{self.log_text()}")
+        wait_until_up(self.url + "/healthz", self.process, self.log_text, timeout, "server")
+        return self
 
     def log_text(self) -> str:
         return (self.data_dir / f"server-{self.port}.log").read_text(errors="replace")[-4000:]
