@@ -209,7 +209,7 @@ class PySpy:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--threads", "--output", str(out), "--nonblocking"],
+             "--threads", "--subprocesses", "--output", str(out), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
         time.sleep(0.5)  # let it attach

@@ -92,3 +92,7 @@ class PermissionDeniedError(SenseCareError):
 
 class ConfigurationError(SenseCareError):
     """Settings are inconsistent or a required resource is unavailable."""
+
+
+class WorkerStartError(SenseCareError):
+    """An HTTP worker process exited before it ever served (bad settings, database unreachable)."""

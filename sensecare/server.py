@@ -85,11 +85,11 @@ def _serve_in_process(ctx: ServiceContext, dimse) -> None:  # type: ignore[no-un
 
 
 def _serve_workers(settings: Settings, workers: int) -> None:
-    from uvicorn.supervisors import Multiprocess
+    from sensecare.http_workers import run_workers
 
     os.environ.update(worker_environment(settings))
     config = _uvicorn_config("sensecare.server:worker_app", settings, factory=True, workers=workers)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    run_workers(config, workers)
 
 
 def _uvicorn_config(app, settings: Settings, **kwargs) -> uvicorn.Config:  # type: ignore[no-untyped-def]
