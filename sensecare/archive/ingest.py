@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.charset import convert_encodings
-from pydicom.datadict import tag_for_keyword
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.uid import UID
-from pydicom.valuerep import VR
+from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS, VR
 
 from sensecare.archive.storage import SpooledFile
 from sensecare.errors import InvalidDicomError
@@ -115,7 +116,14 @@ def read_header(path: Path) -> InstanceHeader:
         ds = pydicom.dcmread(path, force=False, defer_size=DEFER_BYTES)
     except Exception as exc:  # pydicom raises many types for broken input
         raise InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}") from exc
-    return _validated(ds, path.stat().st_size)
+    try:
+        _check_structure(ds)
+        elements = _Elements(dict(zip(ds.keys(), ds.values())), dict(zip(ds.file_meta.keys(), ds.file_meta.values())))
+    except InstanceRejected:
+        raise
+    except Exception as exc:
+        raise _invalid(exc, ds) from exc
+    return _validated(elements, path.stat().st_size)
 
 
 def parse_upload(head: bytes, size: int) -> InstanceHeader | InstanceRejected | None:
@@ -123,84 +131,164 @@ def parse_upload(head: bytes, size: int) -> InstanceHeader | InstanceRejected | 
 
     Returns None when those bytes do not hold the whole header (the file is read
     later instead): the prefix is enough only when it holds every element up to a
-    native Pixel Data element, or the whole file.
+    native Pixel Data element, or the whole file. Only the indexed elements are
+    kept (this runs for every instance received, so it skips building a Dataset);
+    every top-level element's VR and every parsed sequence are still checked.
     """
     whole = len(head) >= size
     try:
-        ds = pydicom.dcmread(io.BytesIO(head), force=False, defer_size=DEFER_BYTES)
-    except Exception as exc:
+        elements = _scan(head)
+    except InstanceRejected as exc:
+        return exc
+    except _NeedsFullRead:
+        return None
+    except Exception as exc:  # pydicom raises many types for broken input
         if whole:
             return InstanceRejected(f"not a readable DICOM Part 10 file: {_short(exc)}")
         return None
     if not whole:
-        syntax = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
-        pixels = dict(zip(ds.keys(), ds.values())).get(_TAGS["PixelData"])
+        pixels = elements.raw("PixelData")
         if (
             pixels is None
-            or not syntax.is_transfer_syntax
-            or syntax.is_encapsulated
+            or elements.transfer_syntax.is_encapsulated
             or pixels.value_tell is None
             or pixels.value_tell > len(head)
         ):
             return None
     try:
-        return _validated(ds, size)
+        return _validated(elements, size)
     except InstanceRejected as exc:
         return exc
 
 
-def _validated(ds: Dataset, size: int) -> InstanceHeader:
+class _NeedsFullRead(Exception):
+    """The prefix cannot be scanned on its own (deflated data set): read the whole file."""
+
+
+def _scan(head: bytes) -> _Elements:
+    fp = io.BytesIO(head)
+    read_preamble(fp, force=False)  # raises without the DICM prefix
+    meta: dict[int, Any] = {}
+    for element in data_element_generator(fp, False, True, stop_when=_past_group_2):
+        meta[int(element.tag)] = element
+    syntax_element = meta.get(_TRANSFER_SYNTAX)
+    syntax = UID(_decode_ascii(syntax_element.value) if syntax_element is not None and syntax_element.value else "")
+    if not syntax:
+        raise InstanceRejected("file meta information has no TransferSyntaxUID")
+    if not syntax.is_transfer_syntax:
+        raise InstanceRejected(f"TransferSyntaxUID {str(syntax)[:70]!r} is not a known transfer syntax")
+    if syntax.is_deflated:
+        raise _NeedsFullRead
+    found: dict[int, Any] = {}
+    for element in data_element_generator(
+        fp, syntax.is_implicit_VR, syntax.is_little_endian,
+        stop_when=_refuse_unknown_vr, defer_size=DEFER_BYTES, specific_tags=_SCANNED_TAGS,
+    ):
+        if element.VR == "SQ" and not isinstance(element, RawDataElement):
+            for item in element.value:  # an undefined-length sequence, parsed by pydicom
+                _check_structure(item)
+        found[int(element.tag)] = element
+    return _Elements(found, meta)
+
+
+def _past_group_2(tag: int, _vr: str | None, _length: int) -> bool:
+    return (tag >> 16) != 0x0002
+
+
+def _refuse_unknown_vr(tag: int, vr: str | None, _length: int) -> bool:
+    if vr is not None and vr not in KNOWN_VRS:
+        raise InstanceRejected(f"element {pydicom.tag.Tag(tag)} has an unknown VR {vr!r}")
+    return False
+
+
+def _validated(elements: _Elements, size: int) -> InstanceHeader:
     try:
-        _check_structure(ds)
-        return _header_from_dataset(_Elements(ds), size)
+        return _header_from_dataset(elements, size)
     except InstanceRejected:
         raise
     except Exception as exc:
-        raise InstanceRejected(
-            f"invalid attribute value: {_short(exc)}",
-            sop_class_uid=_safe_uid(ds, "SOPClassUID"),
-            sop_instance_uid=_safe_uid(ds, "SOPInstanceUID"),
-        ) from exc
+        raise _invalid(exc, elements) from exc
+
+
+def _invalid(exc: Exception, source: Dataset | _Elements) -> InstanceRejected:
+    return InstanceRejected(
+        f"invalid attribute value: {_short(exc)}",
+        sop_class_uid=_safe_uid(source, "SOPClassUID"),
+        sop_instance_uid=_safe_uid(source, "SOPInstanceUID"),
+    )
 
 
 class _Elements:
-    """Values of single elements, converted one at a time.
+    """The elements ingest reads, converted one at a time from their raw bytes.
 
-    ``Dataset.get`` costs far more than the conversion itself; ingest reads about 25
-    elements per instance, so it converts the raw elements directly.
+    ``Dataset.get`` and pydicom's general conversion (with its validation) cost
+    far more than decoding the ~25 short values the index keeps, so the common
+    VRs are decoded here and the rest go through pydicom.
     """
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        self.encoding = convert_encodings(ds.get("SpecificCharacterSet"))
-        # Plain dict of the top level (raw elements stay raw): cheap lookups by tag.
-        self.by_tag = dict(zip(ds.keys(), ds.values()))
+    def __init__(self, by_tag: dict[int, Any], meta: dict[int, Any]) -> None:
+        self.by_tag = by_tag
+        self.meta = meta
+        charset = self._value(by_tag.get(_CHARSET))
+        self.encodings = convert_encodings(charset.split("\\") if isinstance(charset, str) else charset)
+        syntax = self._value(meta.get(_TRANSFER_SYNTAX))
+        self.transfer_syntax = UID(str(syntax or "").strip())
 
     def get(self, keyword: str) -> Any:
-        element = self.by_tag.get(_TAGS[keyword])
-        if element is None:
-            return None
-        if isinstance(element, RawDataElement):
-            element = convert_raw_data_element(element, encoding=self.encoding, ds=self.ds)
-        return element.value
+        return self._value(self.by_tag.get(_TAGS[keyword]))
+
+    def get_meta(self, keyword: str) -> Any:
+        return self._value(self.meta.get(tag_for_keyword(keyword)))
 
     def raw(self, keyword: str) -> Any:
         """The element itself, unconverted (a deferred value is not read)."""
         return self.by_tag.get(_TAGS[keyword])
 
+    def _value(self, element: Any) -> Any:
+        if element is None:
+            return None
+        if not isinstance(element, RawDataElement):
+            return element.value
+        raw = element.value
+        vr = element.VR or _dictionary_vr(element.tag)
+        if raw is None or vr not in _FAST_VRS:
+            encodings = getattr(self, "encodings", None)
+            return convert_raw_data_element(element, encoding=encodings).value
+        if vr == "US":
+            if len(raw) < 2:
+                return None
+            return int.from_bytes(raw[:2], "little" if element.is_little_endian else "big")
+        if vr == "PN":
+            text = decode_bytes(raw, self.encodings, PN_DELIMS)
+        elif vr in _CHARSET_VRS:
+            text = decode_bytes(raw, self.encodings, TEXT_VR_DELIMS)
+        else:
+            text = _decode_ascii(raw)
+        return "\\".join(value.strip("\x00 ") for value in text.split("\\"))
+
+
+def _decode_ascii(raw: bytes) -> str:
+    return raw.decode("latin-1").strip("\x00 ")
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
 
 def _header_from_dataset(ds: _Elements, file_size: int) -> InstanceHeader:
-    meta = getattr(ds.ds, "file_meta", None)
-    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    transfer_syntax = str(ds.transfer_syntax)
     if not transfer_syntax:
         raise InstanceRejected("file meta information has no TransferSyntaxUID")
-    if not UID(transfer_syntax).is_transfer_syntax:
+    if not ds.transfer_syntax.is_transfer_syntax:
         raise InstanceRejected(f"TransferSyntaxUID {transfer_syntax[:70]!r} is not a known transfer syntax")
-    sop_class = _required_uid(ds, "SOPClassUID", meta)
-    sop_instance = _required_uid(ds, "SOPInstanceUID", meta)
+    sop_class = _required_uid(ds, "SOPClassUID", in_meta=True)
+    sop_instance = _required_uid(ds, "SOPInstanceUID", in_meta=True)
     ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
-    study = _required_uid(ds, "StudyInstanceUID", None, **ids)
-    series = _required_uid(ds, "SeriesInstanceUID", None, **ids)
+    study = _required_uid(ds, "StudyInstanceUID", **ids)
+    series = _required_uid(ds, "SeriesInstanceUID", **ids)
     _check_pixel_data(ds, UID(transfer_syntax), file_size, **ids)
     return InstanceHeader(
         sop_class_uid=sop_class,
@@ -241,6 +329,12 @@ _TAGS = {
         "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelData",
     )
 }
+_CHARSET = tag_for_keyword("SpecificCharacterSet")
+_TRANSFER_SYNTAX = tag_for_keyword("TransferSyntaxUID")
+_SCANNED_TAGS = [*_TAGS.values(), _CHARSET]
+#: VRs decoded directly; everything else goes through pydicom's conversion.
+_CHARSET_VRS = frozenset({"LO", "SH", "UC", "LT", "ST", "UT"})
+_FAST_VRS = _CHARSET_VRS | {"PN", "US", "AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 
 
 def _check_structure(ds: Dataset) -> None:
@@ -259,12 +353,10 @@ def _check_structure(ds: Dataset) -> None:
                 _check_structure(item)
 
 
-def _required_uid(
-    ds: _Elements, keyword: str, meta: Dataset | None, **ids: str | None
-) -> str:
+def _required_uid(ds: _Elements, keyword: str, in_meta: bool = False, **ids: str | None) -> str:
     value = ds.get(keyword)
-    if not value and meta is not None:
-        value = meta.get("MediaStorage" + keyword)
+    if not value and in_meta:
+        value = ds.get_meta("MediaStorage" + keyword)
     text = str(value or "").strip()
     if not text:
         raise InstanceRejected(f"{keyword} is missing", **ids)
@@ -325,7 +417,7 @@ def _int(ds: _Elements, keyword: str) -> int | None:
         return None
 
 
-def _safe_uid(ds: Dataset, keyword: str) -> str | None:
+def _safe_uid(ds: Dataset | _Elements, keyword: str) -> str | None:
     try:
         value = ds.get(keyword)
         return str(value) if value else None
