@@ -1,0 +1,1 @@
+"""Finding, segmenting and measuring lung lesions on chest CT (issue #4)."""

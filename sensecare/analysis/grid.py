@@ -1,0 +1,61 @@
+"""Integer-factor coarse grids: heavy morphology runs on ~2 mm voxels, results go back exactly.
+
+Block averaging by whole factors keeps the mapping between the fine and the
+coarse grid trivial (no interpolation, no half-voxel shifts), which is what the
+masks need to line up with the CT again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CoarseGrid:
+    """Factors (z, y, x) and the fine shape they came from."""
+
+    factors: tuple[int, int, int]
+    fine_shape: tuple[int, int, int]
+
+    @classmethod
+    def for_spacing(cls, shape: tuple[int, ...], spacing_xyz: tuple[float, float, float], target_mm: float) -> CoarseGrid:
+        sx, sy, sz = spacing_xyz
+        factors = tuple(max(1, int(round(target_mm / s))) for s in (sz, sy, sx))
+        return cls(factors, tuple(int(n) for n in shape))  # type: ignore[arg-type]
+
+    @property
+    def coarse_shape(self) -> tuple[int, int, int]:
+        return tuple(-(-n // f) for n, f in zip(self.fine_shape, self.factors))  # type: ignore[return-value]
+
+    def spacing_xyz(self, fine_spacing_xyz: tuple[float, float, float]) -> tuple[float, float, float]:
+        fz, fy, fx = self.factors
+        sx, sy, sz = fine_spacing_xyz
+        return (sx * fx, sy * fy, sz * fz)
+
+    def mean(self, array: np.ndarray) -> np.ndarray:
+        """Block means (edge blocks padded by edge values), float32."""
+        padded = self._pad(array.astype(np.float32, copy=False))
+        return self._blocks(padded).mean(axis=(1, 3, 5), dtype=np.float32)
+
+    def fraction(self, mask: np.ndarray) -> np.ndarray:
+        """Share of each block that is inside ``mask`` (0..1), float32."""
+        return self.mean(mask.astype(np.float32))
+
+    def upsample(self, coarse: np.ndarray) -> np.ndarray:
+        """Each coarse voxel repeated over its block, cropped to the fine shape."""
+        out = coarse
+        for axis, factor in enumerate(self.factors):
+            if factor > 1:
+                out = np.repeat(out, factor, axis=axis)
+        z, y, x = self.fine_shape
+        return out[:z, :y, :x]
+
+    def _pad(self, array: np.ndarray) -> np.ndarray:
+        pads = [(0, c * f - n) for n, f, c in zip(self.fine_shape, self.factors, self.coarse_shape)]
+        return np.pad(array, pads, mode="edge") if any(p[1] for p in pads) else array
+
+    def _blocks(self, array: np.ndarray) -> np.ndarray:
+        (cz, cy, cx), (fz, fy, fx) = self.coarse_shape, self.factors
+        return array.reshape(cz, fz, cy, fy, cx, fx)

@@ -1,0 +1,63 @@
+"""Approximate lung lobes from each lung's extent, for lobe-wise severity scores.
+
+Fissures are not detected yet: the oblique fissure is modelled as a plane that
+rises from the front of the lung base to the back of its upper third (its usual
+course from the T4-T5 level posteriorly to the sixth costochondral junction), and
+the right horizontal fissure as a level plane in the anterior part. Good enough
+to split involvement into five regions for a 0-20 score; not a lobe segmentation.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+METHOD = "geometric approximation: oblique and horizontal fissure planes from each lung's extent"
+
+#: Height (0 = lung base, 1 = apex) of the oblique fissure at the front and at the back of the lung.
+OBLIQUE_FRONT, OBLIQUE_BACK = 0.15, 0.70
+#: Height of the right horizontal fissure, which only exists in front of the oblique one.
+HORIZONTAL = 0.55
+
+
+class Lobe(int, enum.Enum):
+    RUL = 1
+    RML = 2
+    RLL = 3
+    LUL = 4
+    LLL = 5
+
+
+def approximate_lobes(lungs: np.ndarray, superior_axis_sign: float, posterior_axis_sign: float) -> np.ndarray:
+    """Lobe labels (:class:`Lobe` values, 0 outside) for a lung label mask (1 right, 2 left).
+
+    Parameters
+    ----------
+    lungs : numpy.ndarray
+        uint8 (z, y, x) with 1 = right lung, 2 = left lung.
+    superior_axis_sign : float
+        +1 when increasing z (array axis 0) points to the head (LPS +z), -1 otherwise.
+    posterior_axis_sign : float
+        +1 when increasing y (array axis 1) points to the back (LPS +y), -1 otherwise.
+    """
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    for side, upper, middle, lower in ((1, Lobe.RUL, Lobe.RML, Lobe.RLL), (2, Lobe.LUL, None, Lobe.LLL)):
+        zz, yy, xx = np.nonzero(lungs == side)
+        if zz.size == 0:
+            continue
+        height = _normalised(zz, superior_axis_sign)
+        depth = _normalised(yy, posterior_axis_sign)  # 0 = front, 1 = back
+        fissure = OBLIQUE_FRONT + (OBLIQUE_BACK - OBLIQUE_FRONT) * depth
+        labels = np.where(height < fissure, lower.value, upper.value).astype(np.uint8)
+        if middle is not None:
+            labels[(height >= fissure) & (height < HORIZONTAL)] = middle.value
+        out[zz, yy, xx] = labels
+    return out
+
+
+def _normalised(coordinate: np.ndarray, sign: float) -> np.ndarray:
+    low, high = coordinate.min(), coordinate.max()
+    span = max(float(high - low), 1.0)
+    share = (coordinate - low) / span
+    return share if sign > 0 else 1.0 - share

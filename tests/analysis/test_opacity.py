@@ -1,0 +1,135 @@
+"""Percent opacity, high opacity and the severity score on volumes with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sensecare.analysis.grid import CoarseGrid
+from sensecare.analysis.lobes import Lobe, approximate_lobes
+from sensecare.analysis.opacity import measure_opacity
+from sensecare.analysis.report import LesionReport, LungOpacity, Urgency
+from sensecare.analysis.triage import flags_for, urgency_for
+
+SPACING = (1.0, 1.0, 2.0)  # x, y, z mm
+
+
+def _lungs(shape=(60, 120, 160)) -> tuple[np.ndarray, np.ndarray]:
+    """HU with two ellipsoidal lungs at -860 +- 25 HU inside soft tissue, and their labels."""
+    rng = np.random.default_rng(7)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    hu = np.full(shape, 40.0, dtype=np.float32)
+    lungs = np.zeros(shape, dtype=np.uint8)
+    for label, cx in ((1, 45), (2, 115)):  # right lung at smaller x (LPS x increases to the left)
+        inside = ((x - cx) / 32.0) ** 2 + ((y - 60) / 50.0) ** 2 + ((z - 30) / 27.0) ** 2 <= 1
+        lungs[inside] = label
+    hu[lungs > 0] = -860
+    hu += rng.normal(0, 25, shape).astype(np.float32)
+    return hu, lungs
+
+
+def _add_vessels(hu: np.ndarray, lungs: np.ndarray) -> None:
+    """Thin bright tubes (2-3 mm across) running through both lungs, like peripheral vessels."""
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    for cy, cx in ((40, 40), (70, 55), (50, 110), (80, 125)):
+        tube = ((y - cy) ** 2 + (x - cx) ** 2 <= 1.5**2) & (lungs > 0)
+        hu[tube] = 40
+
+
+def test_clean_lungs_with_vessels_score_zero() -> None:
+    hu, lungs = _lungs()
+    _add_vessels(hu, lungs)
+    result = measure_opacity(hu, SPACING, lungs, lungs > 0)
+    assert result.summary.percent_opacity < 1.0
+    assert result.summary.severity_score == 0
+
+
+@pytest.mark.parametrize("ggo_hu, high", [(-600, False), (-50, True)])
+def test_a_patch_of_known_size_is_measured(ggo_hu: float, high: bool) -> None:
+    hu, lungs = _lungs()
+    _add_vessels(hu, lungs)
+    region = lungs > 0
+    patch = np.zeros_like(region)
+    patch[10:40, 30:90, 20:70] = True
+    patch &= lungs == 1
+    hu[patch] = ggo_hu + np.random.default_rng(3).normal(0, 25, int(patch.sum()))
+    expected = 100.0 * patch.sum() / region.sum()
+    expected_right = 100.0 * patch.sum() / (lungs == 1).sum()
+    summary = measure_opacity(hu, SPACING, lungs, region).summary
+    assert summary.percent_opacity == pytest.approx(expected, abs=2.0)
+    assert summary.percent_opacity_right == pytest.approx(expected_right, abs=4.0)
+    assert summary.percent_opacity_left < 1.0
+    if high:
+        assert summary.percent_high_opacity == pytest.approx(expected, abs=2.0)
+    else:
+        assert summary.percent_high_opacity < 0.5
+    assert 1 <= summary.severity_score <= 8
+    assert sum(summary.lobe_scores[name] for name in ("LUL", "LLL")) == 0
+
+
+def test_detected_lesions_count_as_opacity_even_when_small() -> None:
+    hu, lungs = _lungs()
+    lesion = np.ones((3, 3, 3), dtype=bool)  # below the opening's size: only the lesion list adds it
+    hu[30:33, 60:63, 40:43] = 30
+    without = measure_opacity(hu, SPACING, lungs, lungs > 0).summary.percent_opacity
+    with_lesion = measure_opacity(hu, SPACING, lungs, lungs > 0, lesion_masks=[(lesion, (30, 60, 40))]).summary
+    assert with_lesion.percent_opacity > without
+    assert with_lesion.percent_high_opacity > 0
+
+
+def test_lobes_split_each_lung_and_follow_orientation() -> None:
+    _, lungs = _lungs()
+    lobes = approximate_lobes(lungs, superior_axis_sign=1.0, posterior_axis_sign=1.0)
+    assert set(np.unique(lobes[lungs == 1])) == {Lobe.RUL, Lobe.RML, Lobe.RLL}
+    assert set(np.unique(lobes[lungs == 2])) == {Lobe.LUL, Lobe.LLL}
+    # top slice is upper lobe, bottom slice lower lobe; flipping the z axis swaps them
+    top = lobes[55][lungs[55] == 1]
+    assert np.all(top == Lobe.RUL)
+    flipped = approximate_lobes(lungs, superior_axis_sign=-1.0, posterior_axis_sign=1.0)
+    assert np.all(flipped[55][lungs[55] == 1] == Lobe.RLL)
+
+
+def test_coarse_grid_round_trip() -> None:
+    mask = np.zeros((7, 9, 11), dtype=bool)
+    mask[2:5, 3:8, 4:10] = True
+    grid = CoarseGrid.for_spacing(mask.shape, (0.7, 0.7, 1.25), 1.5)
+    assert grid.factors == (1, 2, 2)
+    fraction = grid.fraction(mask)
+    assert fraction.shape == grid.coarse_shape
+    assert grid.upsample(fraction >= 0.5).shape == mask.shape
+    assert grid.mean(np.ones(mask.shape)).min() == 1.0
+
+
+def _lesion(type_: str, long_axis: float, confidence: float = 0.9) -> LesionReport:
+    return LesionReport(
+        id=1, type=type_, confidence=confidence, center_lps_mm=(0, 0, 0), bbox_lps_mm_min=(0, 0, 0),
+        bbox_lps_mm_max=(1, 1, 1), volume_ml=1.0, long_axis_mm=long_axis, short_axis_mm=long_axis / 2,
+        mean_hu=20.0, slice_index=0,
+    )
+
+
+def _opacity(po: float) -> LungOpacity:
+    return LungOpacity(
+        percent_opacity=po, percent_high_opacity=0, percent_opacity_right=po, percent_opacity_left=po,
+        percent_high_opacity_right=0, percent_high_opacity_left=0, lobe_percent_opacity={}, lobe_scores={},
+        severity_score=0, lobe_method="test",
+    )
+
+
+@pytest.mark.parametrize(
+    "lesions, po, flags, urgency",
+    [
+        ([], 0.5, [], Urgency.ROUTINE),
+        ([_lesion("solid", 6.0)], 0.5, [], Urgency.ROUTINE),
+        ([_lesion("solid", 9.0)], 0.5, ["nodule_ge_8mm"], Urgency.PRIORITY),
+        ([_lesion("solid", 9.0, confidence=0.2)], 0.5, [], Urgency.ROUTINE),
+        ([_lesion("part_solid", 7.0)], 0.5, ["part_solid_ge_6mm"], Urgency.PRIORITY),
+        ([_lesion("mass", 45.0)], 0.5, ["mass", "nodule_ge_8mm"], Urgency.URGENT),
+        ([], 12.0, ["diffuse_opacity"], Urgency.PRIORITY),
+        ([], 30.0, ["diffuse_opacity", "severe_opacity"], Urgency.URGENT),
+    ],
+)
+def test_flags_and_urgency(lesions, po, flags, urgency) -> None:  # type: ignore[no-untyped-def]
+    got = flags_for(lesions, _opacity(po))
+    assert got == flags
+    assert urgency_for(got) is urgency
