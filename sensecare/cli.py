@@ -112,6 +112,47 @@ def _load(archive, tenant: str, path: Path) -> None:  # type: ignore[no-untyped-
     )
 
 
+@app.command()
+def analyze(
+    series_dir: Annotated[Path, typer.Argument(help="Folder (or file) holding one CT series.")],
+    out: Annotated[Path, typer.Option("--out", help="Where report.json, seg.dcm and sr.dcm go.")],
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    series: Annotated[Optional[str], typer.Option("--series", help="SeriesInstanceUID, when the folder holds several.")] = None,
+    no_dicom: Annotated[bool, typer.Option("--no-dicom", help="Write report.json only (no SEG/SR).")] = False,
+) -> None:
+    """Find, segment and measure lung lesions in one chest CT series."""
+    from sensecare.analysis.pipeline import STAGES, analyze_series
+    from sensecare.archive.loader import find_dicom_files
+
+    found = find_dicom_files(series_dir)
+    if not found.dicom:
+        raise SenseCareError(f"{series_dir} holds no DICOM files")
+    with Progress(
+        TextColumn("[bold]analysing[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("read", total=len(STAGES))
+
+        def advance(stage: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, description=stage)
+
+        result = analyze_series(found.dicom, out, device=device, series_instance_uid=series, progress=advance,
+                                write_dicom=not no_dicom)
+    report = result.report
+    console.print(
+        f"{len(report.lesions)} lesion(s), PO {report.opacity.percent_opacity:.1f} %, "
+        f"severity {report.opacity.severity_score}/20, urgency [bold]{report.urgency.value}[/bold]"
+        f"{' (' + ', '.join(report.flags) + ')' if report.flags else ''}; "
+        f"{report.timing_s.get('total', 0):.1f} s on {report.device}; wrote {out}"
+    )
+    for lesion in report.lesions[:5]:
+        console.print(
+            f"  #{lesion.id} {lesion.type:<13} conf {lesion.confidence:.2f}  {lesion.long_axis_mm:5.1f} x "
+            f"{lesion.short_axis_mm:4.1f} mm  {lesion.volume_ml:7.2f} mL  {lesion.lobe or lesion.side or ''}  "
+            f"LPS ({', '.join(f'{v:.0f}' for v in lesion.center_lps_mm)})"
+        )
+
+
 @token_app.command("create")
 def token_create(
     role: Annotated[str, typer.Option(help="admin | tenant-admin | integrator | radiologist | operator")],

@@ -33,7 +33,7 @@ from sensecare.analysis.report import (
 )
 from sensecare.analysis.triage import flags_for, urgency_for
 from sensecare.dicom.volume import Volume, split_series, volume_from_datasets
-from sensecare.errors import InvalidDicomError, VolumeError
+from sensecare.errors import InvalidDicomError, LocalizerError, VolumeError
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def choose_series(datasets: Iterable[Dataset], series_instance_uid: str | None =
     else:
         axial = {uid: split_series(items)[0] for uid, items in by_series.items()}
         candidates = [uid for uid, items in axial.items() if items]
+        if not candidates and by_series:
+            raise LocalizerError("the input holds only localizer (scout) images, no cross-sectional series")
         if not candidates:
             raise VolumeError("the input holds no image slices")
         if len(candidates) > 1:
