@@ -96,3 +96,28 @@ class ConfigurationError(SenseCareError):
 
 class WorkerStartError(SenseCareError):
     """An HTTP worker process exited before it ever served (bad settings, database unreachable)."""
+
+
+# --- results: SEG/SR ---
+
+
+class ResultEncodingError(SenseCareError, ValueError):
+    """Analysis results cannot be written as DICOM SEG/SR (bad mask, mixed source series, broken reference)."""
+
+
+# --- analysis: lungs ---
+
+
+class NoLungsFoundError(VolumeError):
+    """The volume holds no lung-like air region (e.g. a head or an abdomen-only scan)."""
+
+
+# --- phantoms ---
+
+
+class PhantomError(SenseCareError):
+    """A synthetic phantom cannot be built or written as asked."""
+
+
+class PhantomSpecError(PhantomError):
+    """A phantom specification is invalid (out-of-range thickness, unknown kernel, ...)."""

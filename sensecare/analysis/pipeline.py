@@ -232,7 +232,7 @@ def analyze_volume(
 
 def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir, clock):  # type: ignore[no-untyped-def]
     from sensecare.dicom.seg import AlgorithmInfo, SegmentSpec, build_segmentation
-    from sensecare.dicom.sr import LesionMeasurement, build_report
+    from sensecare.dicom.sr import LesionMeasurement, OpacitySummary, build_report
 
     algorithm = AlgorithmInfo(name=ALGORITHM_NAME, version=__version__)
     segments = [
@@ -260,7 +260,12 @@ def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir
         )
         for index, report in enumerate(lesions)
     ]
-    sr = build_report(slices, segmentation, measurements, algorithm=algorithm)
+    opacity = OpacitySummary(
+        percent_opacity=opacity_summary.percent_opacity,
+        percent_opacity_right=opacity_summary.percent_opacity_right,
+        percent_opacity_left=opacity_summary.percent_opacity_left,
+    )
+    sr = build_report(slices, segmentation, measurements, algorithm=algorithm, opacity=opacity)
     sr_path = out_dir / "sr.dcm"
     sr.save_as(sr_path)
     clock.lap("sr")

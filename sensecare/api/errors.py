@@ -21,6 +21,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.SenseCareError], int], ...] = (
     (errors.UnsupportedMediaTypeError, 415),
     (errors.VolumeError, 422),
     (errors.UndecodableInstanceError, 422),
+    (errors.ResultEncodingError, 422),
     (errors.InvalidDicomError, 400),
     (errors.InvalidRequestError, 400),
     (errors.StorageError, 503),
