@@ -149,7 +149,9 @@ def analyze_volume(
     from sensecare.analysis.lesions import find_lesions
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
+    from sensecare.analysis.network import LesionNetwork
     from sensecare.analysis.opacity import measure_opacity
+    from sensecare.analysis.refine import refine_lesions
 
     clock = clock or _Clock(None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +159,8 @@ def analyze_volume(
     lungs = segment_lungs(volume)
     clock.lap("lungs")
     found = find_lesions(volume, lungs.region, lungs=lungs.lungs)
+    network = LesionNetwork(torch_device(device))
+    found = refine_lesions(volume.array, volume.spacing, found, network)
     clock.lap("lesions")
 
     lesions: list[LesionReport] = []
@@ -219,7 +223,7 @@ def analyze_volume(
         flags=flags,
         urgency=urgency_for(flags),
         timing_s={},
-        models=_models(),
+        models=_models(network),
         device=device,
         outputs=outputs,
     )
@@ -340,12 +344,19 @@ def _series_info(volume: Volume, slices: Sequence[Dataset]) -> SeriesInfo:
     )
 
 
-def _models() -> list[ModelInfo]:
+def _models(network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
     return [
+        ModelInfo(name=network.name, version=network.version, kind="MONAI SegResNet: candidate false-positive reduction"),
         ModelInfo(name="sensecare-lungs", version=__version__, kind="lung segmentation (classical)"),
         ModelInfo(name="sensecare-lesions", version=__version__, kind="lesion candidates and segmentation (classical)"),
         ModelInfo(name="sensecare-opacity", version=__version__, kind="percent opacity and severity (classical)"),
     ]
+
+
+def torch_device(name: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.device(name)
 
 
 def _tracking_uid(series_instance_uid: str, number: int) -> str:
