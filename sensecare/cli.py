@@ -230,6 +230,65 @@ def phantom(
 
 
 @app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for evaluation.json, froc.png, volume_error.png, evaluation.md.")],
+    phantoms: Annotated[Optional[int], typer.Option(help="Generate N phantoms from --seed-start (default 50 without --cases, else 0).")] = None,
+    seed_start: Annotated[int, typer.Option("--seed-start", help="First phantom seed; use seeds the models never saw.")] = 5000,
+    matrix: Annotated[int, typer.Option(help="Phantom rows = columns.")] = 256,
+    thickness: Annotated[Optional[float], typer.Option(help="Fix the slice thickness (mm); default: drawn per seed from 1/1.25/2.5/5.")] = None,
+    kernel: Annotated[Optional[str], typer.Option(help="Fix the kernel (soft | standard | sharp); default: drawn per seed.")] = None,
+    lesions: Annotated[str, typer.Option(help='Phantom lesions: "random" or e.g. "solid:12,mass:35".')] = "random",
+    slices: Annotated[Optional[int], typer.Option(help="Phantom slices (default: the whole chest).")] = None,
+    cases: Annotated[Optional[Path], typer.Option("--cases", help="Folder of cases: each a DICOM series with ground_truth.json.")] = None,
+    robustness: Annotated[bool, typer.Option(help="Also run the kernel / thickness / dose grid on the first seeds.")] = False,
+    robustness_phantoms: Annotated[int, typer.Option("--robustness-phantoms", help="Seeds in the robustness grid (7 scans each).")] = 6,
+    threshold: Annotated[float, typer.Option(help="Operating confidence for precision / recall / F1.")] = 0.5,
+    min_diameter: Annotated[float, typer.Option("--min-diameter", help="Count truth lesions at least this large (mm).")] = 5.0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over scans for 95 % intervals (0: none).")] = 1000,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "cpu",
+) -> None:
+    """Measure lesion detection (FROC, CPM), typing, volumes and opacity against ground truth."""
+    from sensecare.analysis.device import resolve_device
+    from sensecare.evaluation.report import write_outputs
+    from sensecare.evaluation.run import EvaluationConfig, PhantomRecipe, plan_cases
+    from sensecare.evaluation.run import evaluate as run_evaluation
+
+    resolve_device(device)
+    recipe = PhantomRecipe(matrix=matrix, lesions=lesions, n_slices=slices,
+                           **({"thicknesses": (thickness,)} if thickness is not None else {}),
+                           **({"kernels": (kernel,)} if kernel is not None else {}))
+    config = EvaluationConfig(
+        out=out, phantoms=(0 if cases is not None else 50) if phantoms is None else phantoms, seed_start=seed_start,
+        recipe=recipe, cases_dir=cases, robustness=robustness, robustness_phantoms=robustness_phantoms,
+        threshold=threshold, min_diameter_mm=min_diameter, bootstrap=bootstrap, device=device,
+    )
+    planned = len(plan_cases(config))  # fails here, in one line, on a bad option
+    with Progress(
+        TextColumn("[bold]evaluating[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console,
+    ) as bar:
+        task = bar.add_task("", total=planned)
+        evaluation = run_evaluation(config, progress=lambda case, done, total: bar.update(task, completed=done, description=case))
+    paths = write_outputs(evaluation, out)
+    s = evaluation.summary
+    if s is not None:
+        f = s.froc
+        console.print(
+            f"{s.n_scans} scans, {f.n_lesions} lesions >= {min_diameter:g} mm: CPM {_num(f.cpm)}, sensitivity at 1 FP/scan "
+            f"{_num(f.sensitivity_at(1.0))}, F1 {_num(s.detection.f1)} at {threshold:g}, median |volume error| "
+            f"{_num(None if s.volume_error.median_abs is None else 100 * s.volume_error.median_abs, 1)} %, mean |PO error| "
+            f"{_num(s.opacity.po_mean_abs, 2)} pp; {sum(1 for c in evaluation.main_cases if c.error)} failed",
+            highlight=False, soft_wrap=True,
+        )
+    console.print(f"wrote {paths['markdown']}, {paths['json'].name}, {paths['froc'].name}, {paths['volume_error'].name} "
+                  f"in {evaluation.duration_s:.0f} s", highlight=False, soft_wrap=True)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)

@@ -121,3 +121,10 @@ class PhantomError(SenseCareError):
 
 class PhantomSpecError(PhantomError):
     """A phantom specification is invalid (out-of-range thickness, unknown kernel, ...)."""
+
+
+# --- evaluation ---
+
+
+class EvaluationError(SenseCareError):
+    """An evaluation cannot run as asked (no cases, bad option, unreadable ground truth)."""
