@@ -48,8 +48,9 @@ def make_phantom(slices: int, out: Path, seed: int) -> Path:
     """A 512x512 phantom with `slices` slices covering about 300 mm of chest."""
     from sensecare.phantom import PhantomSpec, generate_phantom, write_phantom
 
-    thickness = {100: 3.0, 300: 1.0, 600: 0.5}.get(slices, 300.0 / slices)
-    spec = PhantomSpec(seed=seed, matrix=512, n_slices=slices, slice_thickness_mm=thickness, lesions="random")
+    spacing = 300.0 / slices
+    spec = PhantomSpec(seed=seed, matrix=512, n_slices=slices, slice_spacing_mm=spacing,
+                       slice_thickness_mm=max(0.625, spacing), lesions="random")
     write_phantom(generate_phantom(spec), out)
     return out
 
