@@ -41,6 +41,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from sensecare.analysis.grid import CoarseGrid
+from sensecare.analysis.morphology import block_mean
 
 __all__ = [
     "GGO_MAX_HU",
@@ -263,29 +264,6 @@ def _sigma_vox(sigma_mm: float, spacing_zyx: tuple[float, float, float]) -> list
     """Gaussian width per axis in voxels: at least 0.6 voxel, so on thick slices the z scale is
     the slice spacing rather than the nominal sigma."""
     return [max(sigma_mm / s, 0.6) for s in spacing_zyx]
-
-
-def block_mean(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Means of ``factors``-sized blocks (edge blocks padded by edge values), float32.
-
-    Strided sums: several times faster than a mean over a 6-D reshaped view.
-    """
-    if all(f == 1 for f in factors):
-        return array.astype(np.float32, copy=False)
-    pads = [(0, (-n) % f) for n, f in zip(array.shape, factors)]
-    a = np.pad(array, pads, mode="edge") if any(p[1] for p in pads) else array
-    out = None
-    for oz in range(factors[0]):
-        for oy in range(factors[1]):
-            for ox in range(factors[2]):
-                part = a[oz :: factors[0], oy :: factors[1], ox :: factors[2]]
-                if out is None:
-                    out = part.astype(np.float32)
-                else:
-                    out += part
-    assert out is not None
-    out /= float(factors[0] * factors[1] * factors[2])
-    return out
 
 
 def _blob_seeds(

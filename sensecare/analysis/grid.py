@@ -1,5 +1,8 @@
 """Integer-factor coarse grids: heavy morphology runs on ~2 mm voxels, results go back exactly.
 
+The block arithmetic itself is :mod:`sensecare.analysis.morphology`'s; this only
+picks the factors for a target voxel size.
+
 Block averaging by whole factors keeps the mapping between the fine and the
 coarse grid trivial (no interpolation, no half-voxel shifts), which is what the
 masks need to line up with the CT again.
@@ -10,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from sensecare.analysis.morphology import block_mean, upsample_repeat
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,7 @@ class CoarseGrid:
 
     def mean(self, array: np.ndarray) -> np.ndarray:
         """Block means (edge blocks padded by edge values), float32."""
-        padded = self._pad(array.astype(np.float32, copy=False))
-        return self._blocks(padded).mean(axis=(1, 3, 5), dtype=np.float32)
+        return block_mean(array, self.factors)
 
     def fraction(self, mask: np.ndarray) -> np.ndarray:
         """Share of each block that is inside ``mask`` (0..1), float32."""
@@ -45,17 +49,4 @@ class CoarseGrid:
 
     def upsample(self, coarse: np.ndarray) -> np.ndarray:
         """Each coarse voxel repeated over its block, cropped to the fine shape."""
-        out = coarse
-        for axis, factor in enumerate(self.factors):
-            if factor > 1:
-                out = np.repeat(out, factor, axis=axis)
-        z, y, x = self.fine_shape
-        return out[:z, :y, :x]
-
-    def _pad(self, array: np.ndarray) -> np.ndarray:
-        pads = [(0, c * f - n) for n, f, c in zip(self.fine_shape, self.factors, self.coarse_shape)]
-        return np.pad(array, pads, mode="edge") if any(p[1] for p in pads) else array
-
-    def _blocks(self, array: np.ndarray) -> np.ndarray:
-        (cz, cy, cx), (fz, fy, fx) = self.coarse_shape, self.factors
-        return array.reshape(cz, fz, cy, fy, cx, fx)
+        return upsample_repeat(coarse, self.factors, self.fine_shape)

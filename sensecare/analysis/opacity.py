@@ -75,8 +75,7 @@ def measure_opacity(
     if hu.shape != lungs.shape or hu.shape != region.shape:
         raise ValueError(f"hu {hu.shape}, lungs {lungs.shape} and region {region.shape} must have one shape")
     region = region.astype(bool, copy=False)
-    opacity, smoothed = _dense_parenchyma(hu, spacing_xyz, region)
-    high = opacity & (smoothed >= HIGH_OPACITY_HU)
+    opacity, high = _dense_parenchyma(hu, spacing_xyz, region)
     for mask, (z0, y0, x0) in lesion_masks:
         dz, dy, dx = mask.shape
         window = (slice(z0, z0 + dz), slice(y0, y0 + dy), slice(x0, x0 + dx))
@@ -95,12 +94,12 @@ def measure_opacity(
 def _dense_parenchyma(
     hu: np.ndarray, spacing_xyz: tuple[float, float, float], region: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(abnormally dense voxels, smoothed HU) inside ``region``, computed in its bounding box."""
+    """(abnormally dense, of those high-opacity) voxels inside ``region``, computed in its bounding box."""
     opacity = np.zeros(hu.shape, dtype=bool)
-    smoothed_full = np.full(hu.shape, -1000.0, dtype=np.float32)
+    high = np.zeros(hu.shape, dtype=bool)
     box = _bounding_box(region)
     if box is None:
-        return opacity, smoothed_full
+        return opacity, high
     crop, inside = hu[box], region[box]
     grid = CoarseGrid.for_spacing(crop.shape, spacing_xyz, GRID_MM)
     coarse_spacing = grid.spacing_xyz(spacing_xyz)
@@ -111,8 +110,8 @@ def _dense_parenchyma(
     dense = (smoothed >= OPACITY_HU) & coarse_inside
     dense = ndimage.binary_opening(dense, structure=_ball(OPENING_RADIUS_MM, coarse_spacing))
     opacity[box] = grid.upsample(dense) & inside
-    smoothed_full[box] = grid.upsample(smoothed)
-    return opacity, smoothed_full
+    high[box] = grid.upsample(dense & (smoothed >= HIGH_OPACITY_HU)) & inside
+    return opacity, high
 
 
 def _summarise(region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity: np.ndarray, high: np.ndarray) -> LungOpacity:

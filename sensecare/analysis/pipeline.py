@@ -9,6 +9,7 @@ inference workers call.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -149,7 +150,6 @@ def analyze_volume(
     from sensecare.analysis.lesions import find_lesions
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
-    from sensecare.analysis.network import LesionNetwork
     from sensecare.analysis.opacity import measure_opacity
     from sensecare.analysis.refine import refine_lesions
 
@@ -159,7 +159,7 @@ def analyze_volume(
     lungs = segment_lungs(volume)
     clock.lap("lungs")
     found = find_lesions(volume, lungs.region, lungs=lungs.lungs)
-    network = LesionNetwork(torch_device(device))
+    network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
     clock.lap("lesions")
 
@@ -353,10 +353,14 @@ def _models(network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
     ]
 
 
-def torch_device(name: str):  # type: ignore[no-untyped-def]
+@functools.lru_cache(maxsize=4)
+def _lesion_network(device: str):  # type: ignore[no-untyped-def]
+    """Loaded once per device and process: a worker analysing study after study reuses it."""
     import torch
 
-    return torch.device(name)
+    from sensecare.analysis.network import LesionNetwork
+
+    return LesionNetwork(torch.device(device))
 
 
 def _tracking_uid(series_instance_uid: str, number: int) -> str:
