@@ -253,7 +253,9 @@ def run_workers(config: uvicorn.Config, workers: int) -> None:
             for index, process in enumerate(processes):
                 if process.is_alive():
                     continue
-                if not loads.holds(process.pid):
+                # A worker that quits with an error status before it ever served will do so again
+                # (bad settings, database unreachable); one killed by a signal is just restarted.
+                if not loads.holds(process.pid) and (process.exitcode or 0) > 0:
                     raise WorkerStartError(
                         f"an HTTP worker exited with code {process.exitcode} before serving; see the log above"
                     )
