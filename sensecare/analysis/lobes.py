@@ -40,19 +40,30 @@ def approximate_lobes(lungs: np.ndarray, superior_axis_sign: float, posterior_ax
         +1 when increasing z (array axis 0) points to the head (LPS +z), -1 otherwise.
     posterior_axis_sign : float
         +1 when increasing y (array axis 1) points to the back (LPS +y), -1 otherwise.
+
+    Note
+    ----
+    The fissure planes depend only on a voxel's height (z) and depth (y), so
+    each lung gets a small (z, y) table of labels that is spread over x inside
+    the lung's bounding box: no per-voxel coordinate arrays, which on a
+    512x512x300 CT cost more than the rest of the opacity stage.
     """
     out = np.zeros(lungs.shape, dtype=np.uint8)
     for side, upper, middle, lower in ((1, Lobe.RUL, Lobe.RML, Lobe.RLL), (2, Lobe.LUL, None, Lobe.LLL)):
-        zz, yy, xx = np.nonzero(lungs == side)
-        if zz.size == 0:
+        mask = lungs == side
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        if zs.size == 0:
             continue
-        height = _normalised(zz, superior_axis_sign)
-        depth = _normalised(yy, posterior_axis_sign)  # 0 = front, 1 = back
+        ys = np.flatnonzero(mask[zs[0] : zs[-1] + 1].any(axis=(0, 2)))
+        box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1))
+        height = _normalised(np.arange(zs[0], zs[-1] + 1), superior_axis_sign)[:, None]
+        depth = _normalised(np.arange(ys[0], ys[-1] + 1), posterior_axis_sign)[None, :]  # 0 = front, 1 = back
         fissure = OBLIQUE_FRONT + (OBLIQUE_BACK - OBLIQUE_FRONT) * depth
-        labels = np.where(height < fissure, lower.value, upper.value).astype(np.uint8)
+        table = np.where(height < fissure, lower.value, upper.value).astype(np.uint8)
         if middle is not None:
-            labels[(height >= fissure) & (height < HORIZONTAL)] = middle.value
-        out[zz, yy, xx] = labels
+            table[(height >= fissure) & (height < HORIZONTAL)] = middle.value
+        inside = mask[box]
+        out[box][inside] = np.broadcast_to(table[:, :, None], inside.shape)[inside]
     return out
 
 

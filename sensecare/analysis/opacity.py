@@ -83,11 +83,15 @@ def measure_opacity(
         opacity[window] |= lesion
         high[window] |= lesion & (hu[window] >= HIGH_OPACITY_HU)
 
+    # Sides, lobes and counts only where there is lung or region: outside that box
+    # every mask is empty, and full-volume passes cost more than the scoring itself.
+    lobes = np.zeros(hu.shape, dtype=np.uint8)
+    box = _bounding_box(region | (lungs > 0)) or (slice(0, 0),) * 3
     # Every region voxel belongs to a side: region voxels outside `lungs` (a dense tumour at the
     # pleura) take the label of the nearest lung voxel.
-    sides = _label_region(lungs, region)
-    lobes = approximate_lobes(sides, superior_axis_sign, posterior_axis_sign)
-    summary = _summarise(region, sides, lobes, opacity, high)
+    sides = _label_region(lungs[box], region[box], x_offset=box[2].start)
+    lobes[box] = approximate_lobes(sides, superior_axis_sign, posterior_axis_sign)
+    summary = _summarise(region[box], sides, lobes[box], opacity[box], high[box])
     return OpacityResult(opacity=opacity, high_opacity=high, lobes=lobes, summary=summary)
 
 
@@ -115,25 +119,42 @@ def _dense_parenchyma(
 
 
 def _summarise(region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity: np.ndarray, high: np.ndarray) -> LungOpacity:
-    def percent(part: np.ndarray, whole: np.ndarray) -> float:
-        total = int(np.count_nonzero(whole))
-        return round(100.0 * int(np.count_nonzero(part & whole)) / total, 2) if total else 0.0
+    """Scores from label counts: one histogram of each label image over all voxels and over the
+    (few) opacity voxels, rather than one full-volume mask per side and lobe."""
+    lung_voxels = int(np.count_nonzero(region))
+    side_all, side_opacity, side_high = _label_counts(sides, opacity, high, 3)
+    lobe_all, lobe_opacity, _ = _label_counts(lobes, opacity, high, max(lobe.value for lobe in Lobe) + 1)
 
-    right, left = sides == 1, sides == 2
-    lobe_percent = {lobe.name: percent(opacity, lobes == lobe.value) for lobe in Lobe}
+    def percent(part: int, total: int) -> float:
+        return round(100.0 * int(part) / int(total), 2) if total else 0.0
+
+    lobe_percent = {lobe.name: percent(lobe_opacity[lobe.value], lobe_all[lobe.value]) for lobe in Lobe}
     lobe_scores = {name: _lobe_score(value) for name, value in lobe_percent.items()}
     return LungOpacity(
-        percent_opacity=percent(opacity, region),
-        percent_high_opacity=percent(high, region),
-        percent_opacity_right=percent(opacity, right),
-        percent_opacity_left=percent(opacity, left),
-        percent_high_opacity_right=percent(high, right),
-        percent_high_opacity_left=percent(high, left),
+        percent_opacity=percent(np.count_nonzero(opacity & region), lung_voxels),
+        percent_high_opacity=percent(np.count_nonzero(high & region), lung_voxels),
+        percent_opacity_right=percent(side_opacity[1], side_all[1]),
+        percent_opacity_left=percent(side_opacity[2], side_all[2]),
+        percent_high_opacity_right=percent(side_high[1], side_all[1]),
+        percent_high_opacity_left=percent(side_high[2], side_all[2]),
         lobe_percent_opacity=lobe_percent,
         lobe_scores=lobe_scores,
         severity_score=sum(lobe_scores.values()),
         lobe_method=LOBE_METHOD,
     )
+
+
+def _label_counts(
+    labels: np.ndarray, opacity: np.ndarray, high: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxels per label value (0..n-1): all of them, those in ``opacity``, those in ``high``.
+
+    Counted slice by slice so the int64 copy ``bincount`` makes stays one slice big.
+    """
+    total = np.zeros(n, dtype=np.int64)
+    for plane in labels:
+        total += np.bincount(plane.ravel(), minlength=n)[:n]
+    return total, np.bincount(labels[opacity], minlength=n)[:n], np.bincount(labels[high], minlength=n)[:n]
 
 
 def _lobe_score(percent_involved: float) -> int:
@@ -142,14 +163,25 @@ def _lobe_score(percent_involved: float) -> int:
     return min(4, 1 + int((percent_involved - 1e-9) // 25))
 
 
-def _label_region(lungs: np.ndarray, region: np.ndarray) -> np.ndarray:
+def _label_region(lungs: np.ndarray, region: np.ndarray, x_offset: int = 0) -> np.ndarray:
     """Side labels over the whole region; region voxels outside ``lungs`` (a dense tumour at the
-    pleura, a filled concavity) take the side whose lung centre is nearer in x."""
+    pleura, a filled concavity) take the side whose lung centre is nearer in x.
+
+    ``x_offset`` is the column of ``lungs[..., 0]`` in the CT, so that a crop is labelled
+    exactly like the whole volume (same centres, same ties).
+    """
     sides = np.where(region, lungs, 0).astype(np.uint8)
     missing = region & (sides == 0)
-    centres = {side: np.nonzero(lungs == side)[2].mean() for side in (1, 2) if (lungs == side).any()}
-    if missing.any() and centres:
-        x = np.nonzero(missing)[2]
+    if not missing.any():
+        return sides
+    centres = {}
+    for side in (1, 2):
+        per_column = np.count_nonzero(lungs == side, axis=(0, 1))  # voxels per x: the centre without np.nonzero
+        if per_column.any():
+            columns = np.arange(x_offset, x_offset + per_column.size)
+            centres[side] = float(per_column @ columns) / float(per_column.sum())
+    if centres:
+        x = np.nonzero(missing)[2] + x_offset
         if len(centres) == 1:
             sides[missing] = next(iter(centres))
         else:
@@ -157,9 +189,15 @@ def _label_region(lungs: np.ndarray, region: np.ndarray) -> np.ndarray:
     return sides
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    return found[0] if found else None
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box of ``mask`` (None when empty), from its projections: ``any`` stops at the
+    first set voxel of each slice, where ``ndimage.find_objects`` visits every voxel."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return (slice(zs[0], zs[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
 
 
 def _ball(radius_mm: float, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
