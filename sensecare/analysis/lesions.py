@@ -34,13 +34,14 @@ from sensecare.analysis.candidates import (
     SOLID_HU,
     Candidate,
     find_candidates,
+    parenchyma_hu,
     shape_features,
 )
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.measure import axial_diameters
 from sensecare.dicom.volume import Volume
 
-__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions"]
+__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "segment_seeds"]
 
 #: Sub-solid (ground-glass) detection: this many HU above the parenchyma, on a ~1.2 mm smoothed
 #: image; the outline is then drawn at half the lesion's own contrast, never below the minimum.
@@ -144,25 +145,13 @@ def find_lesions(
     list of Lesion
         Sorted by confidence, highest first.
     """
-    hu_full = volume.array
-    region = np.asarray(region, dtype=bool)
-    if region.shape != hu_full.shape:
-        raise ValueError(f"region {region.shape} and volume {hu_full.shape} must have one shape")
-    if lungs is not None and np.shape(lungs) != hu_full.shape:
-        raise ValueError(f"lungs {np.shape(lungs)} and volume {hu_full.shape} must have one shape")
-    found = ndimage.find_objects(region.astype(np.uint8))
-    if not found:
+    prepared = _prepare(volume, region, lungs)
+    if prepared is None:
         return []
-    box = found[0]
-    hu = hu_full[box].astype(np.float32)
-    inside = region[box]
-    start = tuple(s.start for s in box)
-    spacing = tuple(float(s) for s in volume.spacing)
-
-    aerated = None if lungs is None else np.asarray(lungs)[box] > 0
-    seeds = find_candidates(hu, inside, spacing, aerated=aerated)
-    ctx = _Context(hu, inside, spacing, seeds.parenchyma_hu)
-    taken = np.zeros(hu.shape, dtype=bool)
+    ctx, start, aerated = prepared
+    seeds = find_candidates(ctx.hu, ctx.region, ctx.spacing, aerated=aerated)
+    ctx = replace(ctx, background=seeds.parenchyma_hu)
+    taken = np.zeros(ctx.hu.shape, dtype=bool)
     lesions: list[Lesion] = []
     for seed in seeds.candidates:
         if taken[seed.center]:
@@ -180,6 +169,52 @@ def find_lesions(
     lesions = [les for les in _merge(lesions) if les.confidence >= min_confidence]
     lesions.sort(key=lambda les: -les.confidence)
     return lesions
+
+
+def segment_seeds(
+    volume: Volume, region: np.ndarray, seeds: list[Candidate], *, lungs: np.ndarray | None = None
+) -> list[Lesion | None]:
+    """Segment, describe and type the lesion at each seed (volume indices), one result per seed.
+
+    The same segmentation as :func:`find_lesions`, for seeds found elsewhere (the
+    voxel classifier of :mod:`sensecare.analysis.heatmap`); ``None`` where nothing
+    lesion-like surrounds the seed. No merging and no confidence cut: the caller
+    decides which segmentation to trust.
+    """
+    prepared = _prepare(volume, region, lungs)
+    if prepared is None:
+        return [None] * len(seeds)
+    ctx, start, _ = prepared
+    out: list[Lesion | None] = []
+    for seed in seeds:
+        local = replace(seed, center=tuple(c - o for c, o in zip(seed.center, start)))  # type: ignore[arg-type]
+        if not all(0 <= c < n for c, n in zip(local.center, ctx.hu.shape)):
+            out.append(None)
+            continue
+        seg = _segment(ctx, local)
+        out.append(None if seg is None else _describe(ctx, local, seg, start))
+    return out
+
+
+def _prepare(volume: Volume, region: np.ndarray, lungs: np.ndarray | None):  # type: ignore[no-untyped-def]
+    """The segmentation context on the region's bounding box, its offset, and the aerated lung there."""
+    hu_full = volume.array
+    region = np.asarray(region, dtype=bool)
+    if region.shape != hu_full.shape:
+        raise ValueError(f"region {region.shape} and volume {hu_full.shape} must have one shape")
+    if lungs is not None and np.shape(lungs) != hu_full.shape:
+        raise ValueError(f"lungs {np.shape(lungs)} and volume {hu_full.shape} must have one shape")
+    found = ndimage.find_objects(region.astype(np.uint8))
+    if not found:
+        return None
+    box = found[0]
+    hu = hu_full[box].astype(np.float32)
+    inside = region[box]
+    start = tuple(s.start for s in box)
+    spacing = tuple(float(s) for s in volume.spacing)
+    aerated = None if lungs is None else np.asarray(lungs)[box] > 0
+    background = parenchyma_hu(hu, inside if aerated is None or not aerated.any() else aerated & inside)
+    return _Context(hu, inside, spacing, background), start, aerated
 
 
 # --- segmentation ---------------------------------------------------------------------
@@ -715,13 +750,13 @@ def _merge(lesions: list[Lesion]) -> list[Lesion]:
     ranked = sorted(lesions, key=lambda les: -les.confidence)
     kept: list[Lesion] = []
     for les in ranked:
-        if any(_overlap(les, other) > 0.5 for other in kept):
+        if any(overlap_share(les, other) > 0.5 for other in kept):
             continue
         kept.append(les)
     return kept
 
 
-def _overlap(a: Lesion, b: Lesion) -> float:
+def overlap_share(a: Lesion, b: Lesion) -> float:
     """Share of ``a``'s voxels inside ``b``."""
     lo = [max(oa, ob) for oa, ob in zip(a.offset, b.offset)]
     hi = [min(oa + na, ob + nb) for oa, ob, na, nb in zip(a.offset, b.offset, a.mask.shape, b.mask.shape)]

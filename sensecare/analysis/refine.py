@@ -38,16 +38,8 @@ def refine_lesions(
     """Lesions confirmed by the network, with its masks and blended confidences, best first."""
     if not lesions:
         return []
-    geometries = [PatchGeometry.around(_centre(lesion), _extent_mm(lesion, spacing_xyz)) for lesion in lesions]
-    patches = np.stack([extract_patch(hu, spacing_xyz, g) for g in geometries])
-    probabilities = network.predict(patches)
     kept = []
-    for lesion, geometry, probability in zip(lesions, geometries, probabilities):
-        crop, offset = patch_to_volume(probability, geometry, spacing_xyz, hu.shape)
-        if crop.size == 0:
-            continue
-        own = _overlap(lesion, crop, offset)
-        score = float(crop[own].mean()) if own.any() else 0.0
+    for lesion, (score, crop, offset, own) in zip(lesions, _network_evidence(hu, spacing_xyz, lesions, network)):
         if score < REJECT_BELOW:
             continue
         mask = _connected_to(crop >= network.threshold, own) if network_masks else np.zeros(0, dtype=bool)
@@ -59,6 +51,30 @@ def refine_lesions(
         features = {**lesion.features, "network_probability": round(score, 4)}
         kept.append(dataclasses.replace(lesion, mask=mask, offset=offset, confidence=confidence, features=features))
     return sorted(kept, key=lambda lesion: lesion.confidence, reverse=True)
+
+
+def network_scores(hu: np.ndarray, spacing_xyz: tuple[float, float, float], lesions: Sequence,
+                   network: LesionNetwork) -> list[float]:
+    """The network's mean probability over each lesion's own voxels (0 when its patch misses the volume)."""
+    return [score for score, _, _, _ in _network_evidence(hu, spacing_xyz, lesions, network)]
+
+
+def _network_evidence(hu, spacing_xyz, lesions, network):  # type: ignore[no-untyped-def]
+    """(score, probability crop, crop offset, the lesion's voxels on the crop) per lesion."""
+    if not lesions:
+        return []
+    geometries = [PatchGeometry.around(_centre(lesion), _extent_mm(lesion, spacing_xyz)) for lesion in lesions]
+    patches = np.stack([extract_patch(hu, spacing_xyz, g) for g in geometries])
+    probabilities = network.predict(patches)
+    out = []
+    for lesion, geometry, probability in zip(lesions, geometries, probabilities):
+        crop, offset = patch_to_volume(probability, geometry, spacing_xyz, hu.shape)
+        if crop.size == 0:
+            out.append((0.0, crop, offset, np.zeros(crop.shape, dtype=bool)))
+            continue
+        own = _overlap(lesion, crop, offset)
+        out.append((float(crop[own].mean()) if own.any() else 0.0, crop, offset, own))
+    return out
 
 
 def _centre(lesion) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]

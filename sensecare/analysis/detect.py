@@ -1,0 +1,125 @@
+"""The lesion stage: where the voxel classifier says lesion, segment, type and score it.
+
+1. :mod:`sensecare.analysis.heatmap` gives every region voxel of a ~2 mm grid
+   a lesion probability; each connected region above the model's detection
+   threshold is one detection, scored by its peak probability.
+2. Each detection is segmented at full resolution by the classical
+   segmentation (:func:`sensecare.analysis.lesions.segment_seeds`), seeded at
+   its peak. That outline is kept when it describes the same thing as the
+   detection (centroid within the detection's radius, volume within a factor
+   of three); when it leaked into a vessel or lost the lesion, the detection's
+   own region is the mask (coarser, but in the right place).
+3. Two detections whose masks are mostly one lesion are merged (the better
+   score stays), and the list is sorted by score.
+
+The confidence reported is the detection score: the classifier's probability,
+trained on phantoms with known lesions (``models/lesion_heatmap``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from sensecare.analysis.candidates import Candidate
+from sensecare.analysis.heatmap import HeatmapDetection, LesionHeatmapModel, detections_from, voxel_features
+from sensecare.analysis.lesions import MASS_MM, Lesion, LesionType, overlap_share, segment_seeds
+from sensecare.analysis.measure import axial_diameters
+from sensecare.dicom.volume import Volume
+
+__all__ = ["detect_lesions"]
+
+#: The classical outline is trusted when its centroid lies within this many detection radii
+#: (never less than MIN_AGREEMENT_MM) and its volume within VOLUME_FACTOR of the detection's.
+AGREEMENT_RADII = 1.0
+MIN_AGREEMENT_MM = 3.0
+VOLUME_FACTOR = 3.0
+#: Mean HU below which a fallback mask is ground glass (Fleischner: GGO does not hide vessels).
+GGO_MEAN_HU = -300.0
+MERGE_OVERLAP = 0.5
+
+
+def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Lesion]:  # type: ignore[no-untyped-def]
+    """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring)."""
+    spacing = tuple(float(s) for s in volume.spacing)
+    maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
+    if maps is None:
+        return []
+    probability = model.probability_map(maps)
+    detections = detections_from(probability, maps, spacing, volume.array.shape,  # type: ignore[arg-type]
+                                 threshold=model.threshold, min_volume_mm3=model.min_volume_mm3,
+                                 max_detections=model.max_detections)
+    seeds = [
+        Candidate(d.peak, max(d.radius_mm, 2.0), "heatmap", 0.0, 0.0, max(3.0 * d.radius_mm, 10.0), 0.0)
+        for d in detections
+    ]
+    outlines = segment_seeds(volume, lungs.region, seeds, lungs=lungs.lungs)
+    lesions = []
+    for detection, outline in zip(detections, outlines):
+        lesion = outline if outline is not None and _agrees(outline, detection, spacing) else None
+        if lesion is None:
+            lesion = _from_detection(detection, volume, lungs.region, spacing)
+            if lesion is None:
+                continue
+        features = {**lesion.features, "classical_confidence": round(float(lesion.confidence), 4),
+                    "heatmap_score": round(detection.score, 4),
+                    "heatmap_radius_mm": round(detection.radius_mm, 2),
+                    "classical_outline": 1.0 if lesion is outline else 0.0}
+        lesions.append(dataclasses.replace(lesion, confidence=detection.score, features=features))
+    return _merge(lesions)
+
+
+def _centroid_mm(mask: np.ndarray, offset: tuple[int, int, int], spacing_xyz: tuple[float, ...]) -> np.ndarray:
+    zz, yy, xx = np.nonzero(mask)
+    sx, sy, sz = spacing_xyz
+    return np.array([(zz.mean() + offset[0]) * sz, (yy.mean() + offset[1]) * sy, (xx.mean() + offset[2]) * sx])
+
+
+def _agrees(lesion: Lesion, detection: HeatmapDetection, spacing_xyz: tuple[float, ...]) -> bool:
+    distance = float(np.linalg.norm(_centroid_mm(lesion.mask, lesion.offset, spacing_xyz)
+                                    - _centroid_mm(detection.mask, detection.offset, spacing_xyz)))
+    if distance > max(AGREEMENT_RADII * detection.radius_mm, MIN_AGREEMENT_MM):
+        return False
+    ratio = np.count_nonzero(lesion.mask) / max(1, np.count_nonzero(detection.mask))  # both on the CT grid
+    return 1.0 / VOLUME_FACTOR <= ratio <= VOLUME_FACTOR
+
+
+def _from_detection(detection: HeatmapDetection, volume: Volume, region: np.ndarray,
+                    spacing_xyz: tuple[float, ...]) -> Lesion | None:
+    """A lesion whose mask is the detection's own region (inside the lesion region)."""
+    z0, y0, x0 = detection.offset
+    dz, dy, dx = detection.mask.shape
+    window = (slice(z0, z0 + dz), slice(y0, y0 + dy), slice(x0, x0 + dx))
+    mask = detection.mask & region[window]
+    if not mask.any():
+        return None
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    mask = mask[box]
+    offset = (z0 + box[0].start, y0 + box[1].start, x0 + box[2].start)
+    hu = volume.array[tuple(slice(o, o + n) for o, n in zip(offset, mask.shape))][mask]
+    mean_hu = float(hu.mean())
+    sx, sy, _ = spacing_xyz
+    long_axis = max((axial_diameters(mask[k], (sx, sy))[0] for k in range(mask.shape[0]) if mask[k].any()), default=0.0)
+    if mean_hu < GGO_MEAN_HU:
+        kind = LesionType.GROUND_GLASS
+    elif long_axis > MASS_MM:
+        kind = LesionType.MASS
+    else:
+        kind = LesionType.SOLID
+    voxel_mm3 = float(np.prod(spacing_xyz))
+    features = {"mean_hu": mean_hu, "long_axis_mm": long_axis,
+                "eq_diameter_mm": 2.0 * (3.0 * np.count_nonzero(mask) * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)}
+    return Lesion(mask.copy(), offset, kind, detection.score, features)  # type: ignore[arg-type]
+
+
+def _merge(lesions: list[Lesion]) -> list[Lesion]:
+    """Drop a lesion whose voxels lie mostly inside a better-scored one; best first."""
+    kept: list[Lesion] = []
+    for lesion in sorted(lesions, key=lambda les: -les.confidence):
+        if any(overlap_share(lesion, other) > MERGE_OVERLAP for other in kept):
+            continue
+        kept.append(lesion)
+    return kept

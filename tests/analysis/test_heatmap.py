@@ -1,0 +1,181 @@
+"""Voxel features, heatmap detections and the shipped voxel classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sensecare.analysis.device import resolve_device
+from sensecare.analysis.grid import CoarseGrid
+from sensecare.analysis.heatmap import (
+    DEFAULT_BUNDLE,
+    FEATURE_NAMES,
+    FeatureMaps,
+    LesionHeatmapModel,
+    detections_from,
+    voxel_features,
+)
+from sensecare.errors import ConfigurationError
+
+SPACING = (0.8, 0.8, 1.25)  # x, y, z mm
+
+
+def _lung_box(seed: int = 3) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Noisy parenchyma in an ellipsoidal region, with a 12 mm nodule and a 3 mm vessel along x."""
+    rng = np.random.default_rng(seed)
+    shape = (64, 120, 120)
+    hu = rng.normal(-860, 25, shape).astype(np.float32)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    zz, yy, xx = z * SPACING[2], y * SPACING[1], x * SPACING[0]
+    region = ((zz - 40) / 38) ** 2 + ((yy - 48) / 46) ** 2 + ((xx - 48) / 46) ** 2 <= 1.0
+    nodule = (zz - 40) ** 2 + (yy - 40) ** 2 + (xx - 30) ** 2 <= 6.0**2
+    vessel = ((zz - 40) ** 2 + (yy - 60) ** 2 <= 1.5**2) & (xx > 10) & (xx < 86)
+    hu[nodule] = 20.0
+    hu[vessel] = 40.0
+    return hu, region, (nodule, vessel)
+
+
+def test_features_cover_the_region_on_a_2mm_grid_and_describe_blobs() -> None:
+    hu, region, (nodule, vessel) = _lung_box()
+    maps = voxel_features(hu, region, SPACING)
+    assert maps is not None
+    assert maps.features.shape == (int(maps.inside.sum()), len(FEATURE_NAMES))
+    assert maps.features.dtype == np.float32 and np.isfinite(maps.features).all()
+    assert maps.grid.factors == (2, 2, 2)  # 2.5 x 1.6 x 1.6 mm, the nearest whole factors to 2 mm
+    assert maps.background_hu == pytest.approx(-860, abs=10)
+
+    def row_of(mask: np.ndarray, share: float) -> np.ndarray:
+        coarse = maps.grid.fraction(mask[maps.box]) >= share
+        index = np.flatnonzero(coarse[maps.inside])
+        return maps.features[index]
+
+    density = FEATURE_NAMES.index("density_2mm")
+    trace3 = FEATURE_NAMES.index("hessian_trace_3mm")
+    depth = FEATURE_NAMES.index("solid_depth_mm")
+    centre = np.zeros_like(nodule)
+    centre[32, 50, 37] = True  # 40 mm, 40 mm, 30 mm
+    at_nodule, in_vessel = row_of(centre, 0.1)[0], row_of(vessel, 0.5).mean(axis=0)
+    parenchyma = maps.features[:, density] < 0.5
+    assert at_nodule[density] > 5.0  # ~900 HU above the parenchyma, in units of 100 HU
+    assert at_nodule[trace3] < in_vessel[trace3] < 0  # a ball curves in three directions, a tube in two
+    assert at_nodule[depth] > 2 * in_vessel[depth]  # 6 mm deep against 1.5 mm
+    assert parenchyma.mean() > 0.8
+
+
+def test_an_empty_region_has_no_features() -> None:
+    hu, region, _ = _lung_box()
+    assert voxel_features(hu, np.zeros_like(region), SPACING) is None
+
+
+def _maps(shape: tuple[int, int, int], factors: tuple[int, int, int], offset: tuple[int, int, int]) -> FeatureMaps:
+    fine = tuple(n * f for n, f in zip(shape, factors))
+    box = tuple(slice(o, o + n) for o, n in zip(offset, fine))
+    inside = np.ones(shape, bool)
+    return FeatureMaps(np.zeros((inside.sum(), len(FEATURE_NAMES)), np.float32), inside,
+                       CoarseGrid(factors, fine), box, -850.0)  # type: ignore[arg-type]
+
+
+def test_detections_are_connected_regions_scored_by_their_peak() -> None:
+    probability = np.zeros((20, 30, 30), np.float32)
+    probability[5:9, 5:9, 5:9] = 0.6
+    probability[6, 6, 6] = 0.9  # a strong lesion
+    probability[12:15, 20:23, 20:23] = 0.35  # a faint one
+    probability[1, 28, 28] = 0.99  # one voxel: below the size floor
+    maps = _maps(probability.shape, (1, 2, 2), (10, 20, 30))
+    spacing = (1.0, 1.0, 2.0)
+    found = detections_from(probability, maps, spacing, (100, 200, 200), threshold=0.25, min_volume_mm3=16.0)
+    assert [round(d.score, 2) for d in found] == [0.9, 0.35]
+    strong, faint = found
+    assert strong.peak == (10 + 6, 20 + 6 * 2 + 1, 30 + 6 * 2 + 1)
+    assert strong.offset == (15, 30, 40)
+    assert strong.mask.shape == (4, 8, 8) and strong.mask.all()  # every voxel >= half the peak
+    assert strong.radius_mm == pytest.approx((3 * 64 * 8 / (4 * np.pi)) ** (1 / 3), rel=1e-6)
+    assert faint.mask.sum() == 27 * 4
+
+
+def test_the_half_maximum_mask_leaves_out_a_faint_rim() -> None:
+    probability = np.zeros((10, 10, 10), np.float32)
+    probability[2:8, 2:8, 2:8] = 0.3
+    probability[4:6, 4:6, 4:6] = 0.95
+    maps = _maps(probability.shape, (1, 1, 1), (0, 0, 0))
+    (only,) = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 10), threshold=0.25, min_volume_mm3=1.0)
+    assert only.mask.sum() == 8
+
+
+def test_the_shipped_classifier_tells_a_nodule_from_parenchyma_and_a_vessel() -> None:
+    hu, region, (nodule, vessel) = _lung_box()
+    model = LesionHeatmapModel(resolve_device("cpu"))
+    maps = voxel_features(hu, region, SPACING)
+    probability = model.probability_map(maps)
+    fine = maps.grid.upsample(probability)
+    assert float(fine[nodule[maps.box]].max()) > 0.5
+    far = ~region[maps.box] | nodule[maps.box] | vessel[maps.box]
+    assert float(np.percentile(fine[~far], 99.5)) < 0.25
+    found = detections_from(probability, maps, SPACING, hu.shape, threshold=model.threshold,
+                            min_volume_mm3=model.min_volume_mm3)
+    assert found, "the nodule was not detected"
+    z, y, x = found[0].peak
+    assert nodule[z, y, x] or np.linalg.norm(np.subtract((z * 1.25, y * 0.8, x * 0.8), (40, 40, 30))) < 6.0
+
+
+def test_a_bundle_for_other_features_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sensecare"]["features"] = meta["sensecare"]["features"][:-1]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigurationError, match="retrain"):
+        LesionHeatmapModel(resolve_device("cpu"), bundle)
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(ConfigurationError, match="missing"):
+        LesionHeatmapModel(resolve_device("cpu"), bundle)
+
+
+def test_two_lesions_joined_by_a_faint_bridge_stay_two_detections() -> None:
+    """One low level alone would chain a nodule to the vessels around it (seen on real CT)."""
+    probability = np.zeros((10, 10, 30), np.float32)
+    probability[3:7, 3:7, 2:8] = 0.95
+    probability[4:6, 4:6, 8:22] = 0.3  # a vessel the classifier half believes
+    probability[3:7, 3:7, 22:28] = 0.8
+    maps = _maps(probability.shape, (1, 1, 1), (0, 0, 0))
+    found = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 30), threshold=0.25, min_volume_mm3=1.0)
+    assert [round(d.score, 2) for d in found] == [0.95, 0.8]
+    assert found[0].offset[2] == 2 and found[1].offset[2] == 22
+    capped = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 30), threshold=0.25, min_volume_mm3=1.0,
+                             max_detections=1)
+    assert [round(d.score, 2) for d in capped] == [0.95]
+
+
+def test_phantom_lesions_are_detected_and_ranked_above_everything_else() -> None:
+    """End to end on the project's phantom: voxel classifier, detections, segmentation."""
+    from sensecare.analysis.detect import detect_lesions
+    from sensecare.analysis.lungs import segment_lungs
+    from sensecare.analysis.measure import measure_lesion
+    from sensecare.dicom.volume import Volume
+    from sensecare.evaluation.matching import Truth
+    from sensecare.phantom.generate import generate_phantom
+    from sensecare.phantom.spec import LesionSpec, PhantomSpec
+
+    spec = PhantomSpec(seed=11, matrix=256, slice_thickness_mm=2.5, kernel="standard",
+                       lesions=(LesionSpec("solid", 12.0, "random"), LesionSpec("mass", 40.0, "random")))
+    ph = generate_phantom(spec)
+    vol = Volume(array=ph.hu, spacing=ph.spacing, origin=ph.origin, direction=np.eye(3), series_instance_uid="1.2.3",
+                 study_instance_uid="1.2", sop_instance_uids=tuple(f"1.2.3.{k + 1}" for k in range(ph.hu.shape[0])))
+    lungs = segment_lungs(vol)
+    found = detect_lesions(vol, lungs, LesionHeatmapModel(resolve_device("cpu")))
+    assert found and [f.confidence for f in found] == sorted((f.confidence for f in found), reverse=True)
+    centres = [measure_lesion(vol, f.mask, f.offset).center_lps_mm for f in found]
+    for truth in ph.truth:
+        t = Truth(id=truth.id, type=truth.type, diameter_mm=truth.diameter_mm, center_lps_mm=truth.center_lps_mm,
+                  bbox_lps_mm_min=truth.bbox_lps_mm_min, bbox_lps_mm_max=truth.bbox_lps_mm_max,
+                  long_axis_mm=truth.long_axis_mm)
+        hits = [f for f, c in zip(found, centres) if t.is_hit_by(c)]
+        assert hits and hits[0].confidence >= 0.5, f"{truth.type} {truth.diameter_mm} mm not found"
+    mass = next(t for t in ph.truth if t.type == "mass")
+    assert np.linalg.norm(np.subtract(centres[0], mass.center_lps_mm)) < mass.diameter_mm / 2
+    assert all("heatmap_score" in f.features for f in found)
