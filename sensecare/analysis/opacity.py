@@ -43,6 +43,7 @@ class OpacityResult:
     high_opacity: np.ndarray  # bool
     lobes: np.ndarray         # uint8 Lobe values, 0 outside the lungs
     summary: LungOpacity
+    lobe_voxels: dict[str, int]  # voxels per lobe name (the lobe volumes, without another pass over ``lobes``)
 
 
 def measure_opacity(
@@ -91,8 +92,8 @@ def measure_opacity(
     # pleura) take the label of the nearest lung voxel.
     sides = _label_region(lungs[box], region[box], x_offset=box[2].start)
     lobes[box] = approximate_lobes(sides, superior_axis_sign, posterior_axis_sign)
-    summary = _summarise(region[box], sides, lobes[box], opacity[box], high[box])
-    return OpacityResult(opacity=opacity, high_opacity=high, lobes=lobes, summary=summary)
+    summary, lobe_voxels = _summarise(region[box], sides, lobes[box], opacity[box], high[box])
+    return OpacityResult(opacity=opacity, high_opacity=high, lobes=lobes, summary=summary, lobe_voxels=lobe_voxels)
 
 
 def _dense_parenchyma(
@@ -118,9 +119,11 @@ def _dense_parenchyma(
     return opacity, high
 
 
-def _summarise(region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity: np.ndarray, high: np.ndarray) -> LungOpacity:
-    """Scores from label counts: one histogram of each label image over all voxels and over the
-    (few) opacity voxels, rather than one full-volume mask per side and lobe."""
+def _summarise(
+    region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity: np.ndarray, high: np.ndarray
+) -> tuple[LungOpacity, dict[str, int]]:
+    """Scores and voxels per lobe, from label counts: one histogram of each label image over all
+    voxels and over the (few) opacity voxels, rather than one full-volume mask per side and lobe."""
     lung_voxels = int(np.count_nonzero(region))
     side_all, side_opacity, side_high = _label_counts(sides, opacity, high, 3)
     lobe_all, lobe_opacity, _ = _label_counts(lobes, opacity, high, max(lobe.value for lobe in Lobe) + 1)
@@ -130,7 +133,7 @@ def _summarise(region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity
 
     lobe_percent = {lobe.name: percent(lobe_opacity[lobe.value], lobe_all[lobe.value]) for lobe in Lobe}
     lobe_scores = {name: _lobe_score(value) for name, value in lobe_percent.items()}
-    return LungOpacity(
+    summary = LungOpacity(
         percent_opacity=percent(np.count_nonzero(opacity & region), lung_voxels),
         percent_high_opacity=percent(np.count_nonzero(high & region), lung_voxels),
         percent_opacity_right=percent(side_opacity[1], side_all[1]),
@@ -142,6 +145,7 @@ def _summarise(region: np.ndarray, sides: np.ndarray, lobes: np.ndarray, opacity
         severity_score=sum(lobe_scores.values()),
         lobe_method=LOBE_METHOD,
     )
+    return summary, {lobe.name: int(lobe_all[lobe.value]) for lobe in Lobe}
 
 
 def _label_counts(

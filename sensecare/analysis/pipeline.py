@@ -205,8 +205,7 @@ def analyze_volume(
         clock.lap("sr")
 
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    lobe_volumes = {name: round(float(np.count_nonzero(opacity.lobes == value)) * voxel_ml, 1)
-                    for name, value in _lobe_items()}
+    lobe_volumes = {name: round(float(count) * voxel_ml, 1) for name, count in opacity.lobe_voxels.items()}
     flags = flags_for(lesions, opacity.summary)
     report = AnalysisReport(
         sensecare_version=__version__,
@@ -239,14 +238,18 @@ def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir
     from sensecare.dicom.sr import LesionMeasurement, OpacitySummary, build_report
 
     algorithm = AlgorithmInfo(name=ALGORITHM_NAME, version=__version__)
+    # Masks go in as crops (the lungs' box, each lesion's own box): series-sized copies
+    # of every mask cost more than encoding them.
+    box = _lung_box(lungs.lungs)
+    offset = tuple(s.start for s in box)
     segments = [
-        SegmentSpec(label="Right lung", kind="lung", mask=lungs.lungs == 1, side="right"),
-        SegmentSpec(label="Left lung", kind="lung", mask=lungs.lungs == 2, side="left"),
+        SegmentSpec(label="Right lung", kind="lung", mask=lungs.lungs[box] == 1, side="right", offset=offset),
+        SegmentSpec(label="Left lung", kind="lung", mask=lungs.lungs[box] == 2, side="left", offset=offset),
     ]
     for report, lesion in zip(lesions, found):
         segments.append(
             SegmentSpec(
-                label=f"Lesion {report.id}", kind="lesion", mask=_full_mask(volume.array.shape, lesion),
+                label=f"Lesion {report.id}", kind="lesion", mask=lesion.mask, offset=tuple(int(v) for v in lesion.offset),
                 lesion_type=report.type, side=report.side, lobe=report.lobe,
                 tracking_id=f"lesion-{report.id}", tracking_uid=report.tracking_uid,
             )
@@ -276,12 +279,14 @@ def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir
     return seg_path, sr_path
 
 
-def _full_mask(shape: tuple[int, ...], lesion) -> np.ndarray:  # type: ignore[no-untyped-def]
-    out = np.zeros(shape, dtype=bool)
-    z0, y0, x0 = lesion.offset
-    dz, dy, dx = lesion.mask.shape
-    out[z0 : z0 + dz, y0 : y0 + dy, x0 : x0 + dx] = lesion.mask
-    return out
+def _lung_box(labels: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of the lung labels (the whole volume when there are none)."""
+    slices = np.flatnonzero(labels.any(axis=(1, 2)))
+    if slices.size == 0:
+        return (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
+    footprint = labels[slices[0] : slices[-1] + 1].any(axis=0)
+    rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
+    return (slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
 
 
 def _with_lobe(report: LesionReport, lobes: np.ndarray, lesion) -> LesionReport:  # type: ignore[no-untyped-def]
@@ -297,12 +302,6 @@ def _with_lobe(report: LesionReport, lobes: np.ndarray, lesion) -> LesionReport:
     lobe = Lobe(int(np.bincount(labels).argmax())).name
     side = report.side or ("right" if lobe.startswith("R") else "left")
     return report.model_copy(update={"lobe": lobe, "side": side})
-
-
-def _lobe_items() -> list[tuple[str, int]]:
-    from sensecare.analysis.lobes import Lobe
-
-    return [(lobe.name, lobe.value) for lobe in Lobe]
 
 
 def _axis_signs(volume: Volume) -> tuple[float, float]:

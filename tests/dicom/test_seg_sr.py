@@ -230,6 +230,65 @@ def test_integer_masks_are_accepted(small_case: Case) -> None:
     assert seg.segment_numbers == [1, 2]
 
 
+def _cropped(spec: SegmentSpec, margin: int = 1) -> SegmentSpec:
+    """The same segment given as its bounding box (plus a margin of empty voxels) and an offset."""
+    k, j, i = np.nonzero(spec.mask)
+    lo = [max(0, int(a.min()) - margin) for a in (k, j, i)]
+    hi = [min(n, int(a.max()) + 1 + margin) for a, n in zip((k, j, i), spec.mask.shape)]
+    fields = {name: getattr(spec, name) for name in SegmentSpec.__dataclass_fields__}
+    fields.update(mask=spec.mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], offset=tuple(lo))
+    return SegmentSpec(**fields)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_cropped_masks_encode_like_whole_masks(order: str) -> None:
+    case = make_case(12, 24, 40, order=order)
+    uids = {"series_instance_uid": new_uid(), "sop_instance_uid": new_uid()}
+    whole = build_segmentation(case.source, case.specs, algorithm=ALGORITHM, **uids)
+    cropped = build_segmentation(case.source, [_cropped(spec) for spec in case.specs], algorithm=ALGORITHM, **uids)
+    assert cropped.PixelData == whole.PixelData
+    assert cropped.NumberOfFrames == whole.NumberOfFrames
+    assert cropped.PerFrameFunctionalGroupsSequence == whole.PerFrameFunctionalGroupsSequence
+    uids_in_order = [ds.SOPInstanceUID for ds in case.source]
+    pixels = hd.seg.segread(io.BytesIO(_save(cropped))).get_pixels_by_source_instance(
+        uids_in_order, assert_missing_frames_are_empty=True
+    )
+    np.testing.assert_array_equal(pixels.astype(bool), np.stack([spec.mask for spec in case.specs], axis=-1))
+
+
+@pytest.mark.parametrize("lesion_inside_lung", [True, False])
+def test_segments_overlap_is_what_highdicom_finds(lesion_inside_lung: bool) -> None:
+    """SegmentsOverlap comes from the masks' boxes, not highdicom's sum over the stacked array:
+    both must agree."""
+    case = make_case(10, 16, 16)
+    right, lesion = case.specs[0].mask, case.specs[2].mask
+    assert (right & lesion).any()
+    if not lesion_inside_lung:
+        right = right & ~lesion  # the lesion cut out of its lung
+    specs = [_replace_spec(case, 0, mask=right)[0], case.specs[1], case.specs[2]]
+    seg = build_segmentation(case.source, [_cropped(spec) for spec in specs], algorithm=ALGORITHM)
+    stacked = np.stack([right, case.specs[1].mask, lesion], axis=-1)
+    _, expected = hd.seg.Segmentation._check_and_cast_pixel_array(
+        stacked, np.array([1, 2, 3]), hd.seg.SegmentationTypeValues.BINARY, dtype=np.uint8
+    )
+    assert seg.SegmentsOverlap == expected.value == ("YES" if lesion_inside_lung else "NO")
+
+
+def test_segmentation_references_slices_no_mask_touches() -> None:
+    """Slices outside every mask are no frames, yet the Segmentation still references them."""
+    case = make_case(12, 24, 40)
+    seg = build_segmentation(case.source, [_cropped(spec) for spec in case.specs], algorithm=ALGORITHM)
+    touched = np.logical_or.reduce([spec.mask.any(axis=(1, 2)) for spec in case.specs])
+    assert not touched.all()
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in case.source}
+    derived = {
+        item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert derived == {ds.SOPInstanceUID for ds, used in zip(case.source, touched) if used}
+
+
 # --- Structured Report ------------------------------------------------------------
 
 
@@ -382,6 +441,10 @@ def _replace_spec(case: Case, index: int, **changes) -> list[SegmentSpec]:  # ty
         (2, {"tracking_uid": None}, r"both tracking_id and tracking_uid"),
         (2, {"tracking_uid": "1.2.abc"}, r"tracking_uid '1.2.abc' is not a valid UID"),
         (0, {"label": ""}, r"label must be a non-empty string"),
+        (2, {"mask": np.ones((2, 3, 3), bool), "offset": (9, 0, 0)}, r"'Lesion 1'.*at offset \(9, 0, 0\) does not fit"),
+        (2, {"mask": np.ones((2, 3, 3), bool), "offset": (0, -1, 0)}, r"does not fit the source"),
+        (2, {"mask": np.ones((2, 3, 3), bool), "offset": (0, 1)}, r"offset must be three integers"),
+        (2, {"mask": np.ones((2, 3, 3), bool), "offset": (0, 1.0, 2)}, r"offset must be three integers"),
     ],
 )
 def test_bad_segments_are_refused(small_case: Case, index: int, changes: dict, message: str) -> None:
