@@ -664,7 +664,9 @@ def _region(
     closed = {side: _boxed(closing_disk_2d, labels == side, radius + 1, radius) for side in (RIGHT, LEFT)}
     closed_any = (closed[RIGHT] | closed[LEFT]) & body
     soft = body & (hu < REGION_BONE_HU) & ~closed_any
-    beyond = _beyond_lungs(closed_any, body, grid)
+    hulls = {side: _boxed(convex_hull_2d, closed[side], 0) for side in (RIGHT, LEFT)}
+    # Only hull pixels can become pockets: the ray test runs on those alone.
+    beyond = _beyond_lungs(closed_any, body, grid, where=(hulls[RIGHT] | hulls[LEFT]) & soft)
     spine = _vertebral_bodies(hu, body, closed_any, grid)
     soft_gutter = soft & ~_lung_behind(closed_any, grid) & ~dilate_disk_2d(spine, grid.px(2.0))
     pocket_max = REGION_POCKET_MAX_MM2 / grid.pixel_mm2
@@ -672,7 +674,7 @@ def _region(
     right_airways = _right_of(airways, midline_x, grid)
     region = closed_any.copy()
     for side in (RIGHT, LEFT):
-        hull = _boxed(convex_hull_2d, closed[side], 0)
+        hull = hulls[side]
         pockets = _small_blobs(hull & soft & beyond, pocket_max)
         pockets &= ~_domes(pockets, ground, grid)
         # The right lung normally touches the trachea and the spine, the left one
@@ -824,10 +826,12 @@ def _lung_behind(lungs: np.ndarray, grid: _Grid) -> np.ndarray:
     return behind if not posterior_down else behind[:, ::-1, :]
 
 
-def _beyond_lungs(lungs: np.ndarray, body: np.ndarray, grid: _Grid) -> np.ndarray:
+def _beyond_lungs(lungs: np.ndarray, body: np.ndarray, grid: _Grid, where: np.ndarray | None = None) -> np.ndarray:
     """Pixels farther from their slice's thorax centre than any lung along the same ray.
 
-    The centre is the body's centroid in the slice; distances are in mm.
+    The centre is the body's centroid in the slice; distances are in mm.  With
+    ``where``, only those pixels are tested (the rest stay False): the angle of every
+    pixel of every slice costs more than the rest of the region.
     """
     _, ny, nx = lungs.shape
     sx, sy = grid.spacing[0], grid.spacing[1]
@@ -843,10 +847,17 @@ def _beyond_lungs(lungs: np.ndarray, body: np.ndarray, grid: _Grid) -> np.ndarra
         reach = np.zeros(_ANGLE_BINS)
         np.maximum.at(reach, bins, rad)
         reach = ndi.maximum_filter1d(reach, size=5, mode="wrap")
-        ang_all = np.arctan2((yy - cy) * sy, (xx - cx) * sx)
-        rad_all = np.hypot((yy - cy) * sy, (xx - cx) * sx)
+        if where is None:
+            at_y, at_x = yy, xx
+        else:
+            at_y, at_x = np.nonzero(where[k])
+        ang_all = np.arctan2((at_y - cy) * sy, (at_x - cx) * sx)
+        rad_all = np.hypot((at_y - cy) * sy, (at_x - cx) * sx)
         bins_all = ((ang_all + np.pi) / (2 * np.pi) * _ANGLE_BINS).astype(int) % _ANGLE_BINS
-        out[k] = rad_all > reach[bins_all]
+        if where is None:
+            out[k] = rad_all > reach[bins_all]
+        else:
+            out[k, at_y, at_x] = rad_all > reach[bins_all]
     return out
 
 

@@ -211,7 +211,8 @@ def hull_image(image: np.ndarray) -> np.ndarray:
     """Convex hull of a 2-D mask: pixels whose centre lies in the hull of all pixel corners.
 
     Same result as ``skimage.morphology.convex_hull_image`` but rasterised by
-    scan lines instead of a point-in-polygon test of every pixel (5-10x faster).
+    scan lines (:func:`_convex_polygon_rows`) instead of a point-in-polygon test
+    of every pixel.
     """
     if np.count_nonzero(image) < 3:
         return image.copy()
@@ -225,6 +226,50 @@ def hull_image(image: np.ndarray) -> np.ndarray:
     except QhullError:  # all on one line: the pixels are their own hull
         return image.copy()
     out = image.copy()
-    rr, cc = polygon(vertices[:, 0], vertices[:, 1], image.shape)
-    out[rr, cc] = True
+    inside = _convex_polygon_rows(vertices[:, 0], vertices[:, 1], image.shape)
+    if inside is None:  # not one span per row (cannot happen for a pixel hull): let skimage decide
+        rr, cc = polygon(vertices[:, 0], vertices[:, 1], image.shape)
+        out[rr, cc] = True
+        return out
+    rows, cols, span = inside
+    out[rows, cols] |= span
     return out
+
+
+def _convex_polygon_rows(
+    r: np.ndarray, c: np.ndarray, shape: tuple[int, ...]
+) -> tuple[slice, slice, np.ndarray] | None:
+    """Pixels of a convex polygon with pixel-corner (half-integer) vertices, as one span per row.
+
+    Same pixels as ``skimage.draw.polygon``, which tests every pixel of the bounding
+    box against every edge and keeps those inside or on the boundary.  With vertices
+    on half-integers no pixel centre is a vertex and no row holds a horizontal edge,
+    so each row inside the polygon meets its boundary at exactly two points
+    ``x_a <= x_b`` and the pixels are ``x_a <= c <= x_b``.  Those crossings are exact
+    in floating point where they fall on a pixel centre (a correctly rounded quotient
+    of small half-integers), so the boundary pixels come out the same.  Returns
+    (rows, cols, mask over that window), or None when the vertices are not
+    half-integers or a row meets the boundary other than twice.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    if np.any(r % 1.0 != 0.5) or np.any(c % 1.0 != 0.5):
+        return None
+    min_r, max_r = int(max(0, r.min())), min(shape[0] - 1, int(math.ceil(r.max())))
+    min_c, max_c = int(max(0, c.min())), min(shape[1] - 1, int(math.ceil(c.max())))
+    if max_r < min_r or max_c < min_c:
+        return (slice(0, 0), slice(0, 0), np.zeros((0, 0), dtype=bool))
+    y = np.arange(min_r, max_r + 1, dtype=np.float64)[:, None]
+    r_i, c_i = r[None, :], c[None, :]
+    r_j, c_j = np.roll(r, 1)[None, :], np.roll(c, 1)[None, :]  # edge (i - 1, i)
+    crosses = ((r_i < y) & (y < r_j)) | ((r_j < y) & (y < r_i))
+    count = crosses.sum(axis=1)
+    if not np.all((count == 0) | (count == 2)):
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = c_i + (c_j - c_i) * (y - r_i) / (r_j - r_i)
+    low = np.where(crosses, x, np.inf).min(axis=1)
+    high = np.where(crosses, x, -np.inf).max(axis=1)
+    columns = np.arange(min_c, max_c + 1, dtype=np.float64)[None, :]
+    span = (columns >= low[:, None]) & (columns <= high[:, None])
+    return slice(min_r, max_r + 1), slice(min_c, max_c + 1), span
