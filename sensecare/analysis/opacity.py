@@ -6,12 +6,30 @@ of CT patterns associated with COVID-19"): PO is the share of the lung volume
 above -200 HU; a lobe scores 0-4 by its involved share (0, 1-25, 26-50, 51-75,
 76-100 %), five lobes give 0-20.
 
-Abnormal density is found classically: smoothed HU at or above -700 inside the
-lung region, minus thin bright structures (vessels, fissures, airway walls),
-removed by an opening of about 3 mm radius on a ~1.5 mm grid, plus every
-detected lesion. Large hilar vessels survive the opening and set a noise floor
-of a few tenths of a percent; involvement below ``LOBE_NOISE_FLOOR_PERCENT``
-scores 0.
+Abnormal density is found classically on a ~1.5 mm grid of lightly smoothed HU,
+as two classes, each at the level where its own edge lies:
+
+* **ground glass**: at or above -700 HU (the usual aerated / abnormal limit);
+* **solid** (vessels, airway walls, consolidation, nodules): at or above -400 HU,
+  halfway between aerated lung and soft tissue, which is where a blurred solid
+  structure's true edge lies.  Thresholding solids at -700 instead would add a
+  partial-volume shell around every vessel and nodule.
+
+Solid structures thinner than about 6 mm (an opening of 3 mm radius) are vessels,
+fissures and airway walls, and are dropped unless they are *embedded* in opacity
+(less than ``EMBEDDED_AERATED_SHARE`` aerated lung around them: consolidation
+inside ground glass, crazy-paving septa, vessels seen through ground glass).
+Ground glass then goes through the same opening, with kept solids counting as
+part of it; the thin partial-volume shells around dropped vessels go with it.
+Every detected lesion is added.
+
+The lung volume is the lungs proper plus the region voxels on their *pleural*
+side (a pocket a consolidation or tumour makes against the chest wall: farther
+from the slice's centre than any lung along the same ray).  Region voxels on the
+mediastinal side (the hilum, the concavities the lung region closes around
+hilar vessels and bronchi) are lesion search space, not parenchyma; counting
+them put about 3-4 percentage points of hilar vessel into every scan's PO.
+Involvement below ``LOBE_NOISE_FLOOR_PERCENT`` scores 0.
 """
 
 from __future__ import annotations
@@ -27,12 +45,24 @@ from sensecare.analysis.lobes import METHOD as LOBE_METHOD
 from sensecare.analysis.lobes import Lobe, approximate_lobes
 from sensecare.analysis.report import LungOpacity
 
+#: Aerated lung below, abnormal (ground glass or denser) at or above.
 OPACITY_HU = -700.0
+#: Solid structures (vessels, consolidation, nodules) at or above: halfway between aerated lung
+#: (about -850) and soft tissue (about +40), the half-maximum edge of a blurred solid structure.
+SOLID_HU = -400.0
+#: High opacity (PHO) at or above.
 HIGH_OPACITY_HU = -200.0
 SMOOTHING_MM = 1.0
+#: Structures thinner than twice this are vessels, fissures and airway walls (when not embedded).
 OPENING_RADIUS_MM = 3.0
+#: A solid voxel with less than this share of aerated lung around it (Gaussian, EMBEDDING_MM) lies
+#: inside opacity: consolidation within ground glass, septa, vessels seen through ground glass.
+EMBEDDED_AERATED_SHARE = 0.3
+EMBEDDING_MM = 3.0
 GRID_MM = 1.5
 LOBE_NOISE_FLOOR_PERCENT = 1.0
+#: Angular resolution of the pleural-side test (as in lungs.py).
+_ANGLE_BINS = 720
 
 
 @dataclass(frozen=True)
@@ -41,9 +71,10 @@ class OpacityResult:
 
     opacity: np.ndarray       # bool: abnormal density (includes high opacity)
     high_opacity: np.ndarray  # bool
-    lobes: np.ndarray         # uint8 Lobe values, 0 outside the lungs
+    lobes: np.ndarray         # uint8 Lobe values over the region (every lesion gets one), 0 outside
     summary: LungOpacity
-    lobe_voxels: dict[str, int]  # voxels per lobe name (the lobe volumes, without another pass over ``lobes``)
+    lobe_voxels: dict[str, int]  # voxels of lung per lobe name (the lobe volumes, without another pass over ``lobes``)
+    lung: np.ndarray          # bool: the lung volume scored (lungs, pleural-side pockets, lesions)
 
 
 def measure_opacity(
@@ -67,7 +98,9 @@ def measure_opacity(
     lungs : numpy.ndarray
         uint8, 1 = right lung, 2 = left lung (airways excluded).
     region : numpy.ndarray
-        bool, the lungs with lesions and pleural concavities included; the denominator.
+        bool, the lungs with lesions and pleural and mediastinal concavities included.  The
+        lung volume (the denominator) is the lungs and the region's pleural-side pockets, plus
+        the lesions; lobes are labelled over the whole region so that every lesion gets one.
     lesion_masks : sequence of (mask, offset)
         Detected lesions (cropped bool masks and their (z, y, x) offsets), counted as opacity.
     superior_axis_sign, posterior_axis_sign : float
@@ -76,13 +109,14 @@ def measure_opacity(
     if hu.shape != lungs.shape or hu.shape != region.shape:
         raise ValueError(f"hu {hu.shape}, lungs {lungs.shape} and region {region.shape} must have one shape")
     region = region.astype(bool, copy=False)
-    opacity, high = _dense_parenchyma(hu, spacing_xyz, region)
+    opacity, high, lung = _dense_parenchyma(hu, spacing_xyz, lungs, region)
     for mask, (z0, y0, x0) in lesion_masks:
         dz, dy, dx = mask.shape
         window = (slice(z0, z0 + dz), slice(y0, y0 + dy), slice(x0, x0 + dx))
         lesion = mask & region[window]
         opacity[window] |= lesion
         high[window] |= lesion & (hu[window] >= HIGH_OPACITY_HU)
+        lung[window] |= lesion
 
     # Sides, lobes and counts only where there is lung or region: outside that box
     # every mask is empty, and full-volume passes cost more than the scoring itself.
@@ -92,31 +126,100 @@ def measure_opacity(
     # pleura) take the label of the nearest lung voxel.
     sides = _label_region(lungs[box], region[box], x_offset=box[2].start)
     lobes[box] = approximate_lobes(sides, superior_axis_sign, posterior_axis_sign)
-    summary, lobe_voxels = _summarise(region[box], sides, lobes[box], opacity[box], high[box])
-    return OpacityResult(opacity=opacity, high_opacity=high, lobes=lobes, summary=summary, lobe_voxels=lobe_voxels)
+    inside = lung[box]
+    summary, lobe_voxels = _summarise(
+        inside, np.where(inside, sides, 0), np.where(inside, lobes[box], 0), opacity[box], high[box]
+    )
+    return OpacityResult(
+        opacity=opacity, high_opacity=high, lobes=lobes, summary=summary, lobe_voxels=lobe_voxels, lung=lung
+    )
 
 
 def _dense_parenchyma(
-    hu: np.ndarray, spacing_xyz: tuple[float, float, float], region: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(abnormally dense, of those high-opacity) voxels inside ``region``, computed in its bounding box."""
+    hu: np.ndarray, spacing_xyz: tuple[float, float, float], lungs: np.ndarray, region: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(abnormally dense, of those high-opacity, lung parenchyma) voxels, computed in the region's
+    bounding box on a ~1.5 mm grid (see the module docstring)."""
     opacity = np.zeros(hu.shape, dtype=bool)
     high = np.zeros(hu.shape, dtype=bool)
+    lung = np.zeros(hu.shape, dtype=bool)
     box = _bounding_box(region)
     if box is None:
-        return opacity, high
+        return opacity, high, lung
     crop, inside = hu[box], region[box]
     grid = CoarseGrid.for_spacing(crop.shape, spacing_xyz, GRID_MM)
     coarse_spacing = grid.spacing_xyz(spacing_xyz)
     coarse_hu = grid.mean(np.where(inside, crop, -1000))
-    sigma = [SMOOTHING_MM / s for s in (coarse_spacing[2], coarse_spacing[1], coarse_spacing[0])]
-    smoothed = ndimage.gaussian_filter(coarse_hu, sigma=sigma)
+    smoothed = ndimage.gaussian_filter(coarse_hu, sigma=_sigma(SMOOTHING_MM, coarse_spacing))
     coarse_inside = grid.fraction(inside) >= 0.5
-    dense = (smoothed >= OPACITY_HU) & coarse_inside
-    dense = ndimage.binary_opening(dense, structure=_ball(OPENING_RADIUS_MM, coarse_spacing))
-    opacity[box] = grid.upsample(dense) & inside
-    high[box] = grid.upsample(dense & (smoothed >= HIGH_OPACITY_HU)) & inside
-    return opacity, high
+    dense = _abnormal(smoothed, coarse_inside, coarse_spacing)
+
+    in_lungs = lungs[box] > 0
+    pocket = grid.fraction(inside & ~in_lungs) > 0  # any non-lung region voxel: a block may be partly lung
+    pleural = grid.upsample(_pleural_side(grid.fraction(in_lungs) >= 0.5, pocket, coarse_spacing))
+    lung[box] = inside & (in_lungs | pleural)
+    opacity[box] = grid.upsample(dense) & lung[box]
+    high[box] = grid.upsample(dense & (smoothed >= HIGH_OPACITY_HU)) & lung[box]
+    return opacity, high, lung
+
+
+def _abnormal(smoothed: np.ndarray, inside: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+    """Ground glass and solid opacity on the coarse grid, thin solid structures in aerated lung removed."""
+    ball = _ball(OPENING_RADIUS_MM, spacing_xyz)
+    solid = inside & (smoothed >= SOLID_HU)
+    ground_glass = inside & (smoothed >= OPACITY_HU) & ~solid
+    aerated = inside & ~(solid | ground_glass)
+    kept = ndimage.binary_opening(solid, structure=ball)  # consolidation, masses: at least ~6 mm across
+    sigma = _sigma(EMBEDDING_MM, spacing_xyz)
+    aerated_share = ndimage.gaussian_filter(aerated.astype(np.float32), sigma) / np.maximum(
+        ndimage.gaussian_filter(inside.astype(np.float32), sigma), 1e-3
+    )
+    embedded = solid & (aerated_share < EMBEDDED_AERATED_SHARE)
+    return ndimage.binary_opening(ground_glass | embedded | kept, structure=ball) | kept
+
+
+def _pleural_side(lungs: np.ndarray, candidates: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+    """Candidate voxels at least as far from their slice's centre as any lung voxel along the same ray.
+
+    The centre is the centroid of lungs and candidates in the slice (the mediastinum,
+    between the lungs): a pocket beyond the lung lies against the chest wall (a
+    consolidation or tumour there is parenchyma), one before it faces the hilum and
+    mediastinum.  A candidate may be partly lung (a coarse block on the lung's edge),
+    hence "at least as far".  Done for all slices at once: one (slice, angle) table of
+    the farthest lung voxel.
+    """
+    out = np.zeros(candidates.shape, dtype=bool)
+    region = lungs | candidates
+    slices = np.flatnonzero(lungs.any(axis=(1, 2)) & candidates.any(axis=(1, 2)))
+    if slices.size == 0:
+        return out
+    sx, sy = spacing_xyz[0], spacing_xyz[1]
+    part_region, part_lungs, part_candidates = region[slices], lungs[slices], candidates[slices]
+    count = part_region.sum(axis=(1, 2)).astype(float)
+    rows = np.arange(region.shape[1], dtype=float)
+    cols = np.arange(region.shape[2], dtype=float)
+    centre_row = part_region.sum(axis=2) @ rows / count
+    centre_col = part_region.sum(axis=1) @ cols / count
+
+    def polar(k: np.ndarray, j: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(slice, angle bin) cell and distance (mm) from the slice's centre."""
+        dy, dx = (j - centre_row[k]) * sy, (i - centre_col[k]) * sx
+        angle = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * _ANGLE_BINS).astype(np.int64) % _ANGLE_BINS
+        return k * _ANGLE_BINS + angle, np.hypot(dy, dx)
+
+    # The farthest lung voxel along a ray is on the lung's in-plane edge: only those are placed.
+    planar = np.zeros((3, 3, 3), dtype=bool)
+    planar[1] = True
+    edge = part_lungs & ~ndimage.binary_erosion(part_lungs, structure=planar, border_value=0)
+    cell, radius = polar(*np.nonzero(edge))
+    reach = np.zeros(slices.size * _ANGLE_BINS)
+    np.maximum.at(reach, cell, radius)
+    reach = ndimage.maximum_filter1d(reach.reshape(slices.size, _ANGLE_BINS), size=5, axis=1, mode="wrap").ravel()
+    k, j, i = np.nonzero(part_candidates)
+    cell, radius = polar(k, j, i)
+    beyond = radius >= reach[cell]
+    out[slices[k[beyond]], j[beyond], i[beyond]] = True
+    return out
 
 
 def _summarise(
@@ -202,6 +305,11 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
     rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
     return (slice(zs[0], zs[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+
+
+def _sigma(mm: float, spacing_xyz: tuple[float, float, float]) -> list[float]:
+    """A Gaussian width in mm as (z, y, x) voxels."""
+    return [mm / s for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
 
 
 def _ball(radius_mm: float, spacing_xyz: tuple[float, float, float]) -> np.ndarray:

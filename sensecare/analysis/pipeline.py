@@ -32,7 +32,7 @@ from sensecare.analysis.report import (
     ModelInfo,
     SeriesInfo,
 )
-from sensecare.analysis.triage import flags_for, urgency_for
+from sensecare.analysis.triage import FLAG_CONFIDENCE, flags_for, urgency_for
 from sensecare.dicom.volume import Volume, split_series, volume_from_datasets
 from sensecare.errors import InvalidDicomError, LocalizerError, VolumeError
 
@@ -189,7 +189,9 @@ def analyze_volume(
     superior, posterior = _axis_signs(volume)
     opacity = measure_opacity(
         volume.array, volume.spacing, lungs.lungs, lungs.region,
-        lesion_masks=[(lesion.mask, lesion.offset) for lesion in found],
+        # Only reported findings (the flag threshold) are opacity: a low-confidence candidate is
+        # usually a vessel crossing, which the opacity stage has its own rule for.
+        lesion_masks=[(lesion.mask, lesion.offset) for lesion in found if lesion.confidence >= FLAG_CONFIDENCE],
         superior_axis_sign=superior, posterior_axis_sign=posterior,
     )
     lesions = [_with_lobe(report, opacity.lobes, lesion) for report, lesion in zip(lesions, found)]

@@ -77,6 +77,81 @@ def test_detected_lesions_count_as_opacity_even_when_small() -> None:
     assert with_lesion.percent_high_opacity > 0
 
 
+def _notch(lungs: np.ndarray, x: slice) -> tuple[slice, slice, slice]:
+    """A 16 x 8 mm notch through 40 mm of the right lung at columns ``x``, cut out of the lung label."""
+    notch = (slice(20, 40), slice(52, 68), x)
+    lungs[notch] = 0
+    return notch
+
+
+def test_mediastinal_side_of_the_region_is_not_lung_but_pleural_pockets_are() -> None:
+    """The region closes concavities on both sides of a lung.  Soft tissue in a concavity facing
+    the mediastinum (the hilum: vessels and bronchi) is neither opacity nor lung volume; a dense
+    pocket against the chest wall (a pleural-based consolidation) is both."""
+    hu, lungs = _lungs()
+    right = lungs == 1
+    medial = _notch(lungs, slice(70, 78))  # right lung spans x 13-77; the left lung starts at 83
+    lateral = _notch(lungs, slice(13, 21))
+    region = (lungs > 0) | right
+    for notch in (medial, lateral):
+        hu[notch] = np.where(right[notch], 40.0, hu[notch])
+    result = measure_opacity(hu, SPACING, lungs, region)
+    pocket = np.zeros_like(region)
+    pocket[lateral] = right[lateral]
+    assert not result.lung[medial].any() and not result.opacity[medial].any()
+    assert result.lung[pocket].mean() >= 0.9  # the pocket's corners next to lung rows are in its shadow
+    expected = 100.0 * pocket.sum() / ((lungs > 0) | pocket).sum()
+    assert result.summary.percent_opacity == pytest.approx(expected, abs=0.3)
+    assert result.summary.percent_high_opacity == pytest.approx(expected, abs=0.3)
+
+
+def test_solid_septa_inside_ground_glass_are_counted() -> None:
+    """Crazy paving: thin solid lines inside ground glass are part of the opacity (they are
+    embedded, not vessels in aerated lung), so the patch counts whole."""
+    hu, lungs = _lungs()
+    _add_vessels(hu, lungs)
+    patch = np.zeros(lungs.shape, dtype=bool)
+    patch[10:40, 30:90, 20:70] = True
+    patch &= lungs == 1
+    hu[patch] = -620.0
+    septa = patch.copy()
+    septa[:, :, ::5] &= True
+    septa[:, :, [i for i in range(lungs.shape[2]) if i % 5]] = False
+    hu[septa] = 40.0
+    summary = measure_opacity(hu, SPACING, lungs, lungs > 0).summary
+    assert summary.percent_opacity == pytest.approx(100.0 * patch.sum() / (lungs > 0).sum(), abs=2.0)
+
+
+@pytest.fixture(scope="module")
+def clear_phantom():  # type: ignore[no-untyped-def]
+    """A phantom chest without diffuse disease or lesions, its lung segmentation, and its truth."""
+    from sensecare.analysis.lungs import segment_lungs
+    from sensecare.dicom.volume import Volume
+    from sensecare.phantom import PhantomSpec, generate_phantom
+
+    phantom = generate_phantom(PhantomSpec(seed=11, matrix=128, slice_thickness_mm=2.5, size="medium", lesions=()))
+    volume = Volume(
+        array=phantom.hu, spacing=phantom.spacing, origin=phantom.origin, direction=np.eye(3),
+        series_instance_uid="1.2.3", study_instance_uid="1.2",
+        sop_instance_uids=tuple(f"1.2.3.{k}" for k in range(phantom.hu.shape[0])),
+    )
+    return phantom, segment_lungs(volume)
+
+
+def test_clear_lungs_of_a_phantom_score_near_zero(clear_phantom) -> None:  # type: ignore[no-untyped-def]
+    """Vessels, the hilum and airway walls are not opacity: a phantom with no disease scores
+    below 3 % (it scored 5-7 % when the closed region and -700 HU vessel halos were counted)."""
+    phantom, lungs = clear_phantom
+    assert phantom.percent_opacity == 0.0
+    result = measure_opacity(phantom.hu, phantom.spacing, lungs.lungs, lungs.region)
+    assert result.summary.percent_opacity < 3.0
+    assert result.summary.percent_high_opacity < 1.0
+    # the scored lung volume is the lungs, not the closed region around them
+    truth_ml = float(np.count_nonzero(phantom.lungs)) * float(np.prod(phantom.spacing)) / 1000.0
+    scored_ml = float(np.count_nonzero(result.lung)) * float(np.prod(phantom.spacing)) / 1000.0
+    assert scored_ml == pytest.approx(truth_ml, rel=0.05)
+
+
 def test_lobes_split_each_lung_and_follow_orientation() -> None:
     _, lungs = _lungs()
     lobes = approximate_lobes(lungs, superior_axis_sign=1.0, posterior_axis_sign=1.0)
