@@ -50,10 +50,11 @@ array order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -150,6 +151,8 @@ class LungSegmentation:
         nodules enclosed by lung in their slice are inside.
     airways : numpy.ndarray
         bool: trachea and main/lobar bronchi lumen taken out of the lungs.
+        Repeated onto the CT grid when first read, like ``body``: the
+        analysis never reads either, and each is a CT-sized array.
     region : numpy.ndarray
         bool: the lungs plus what a lesion may occupy (holes, juxtapleural
         and juxtamediastinal concavities); where lesions are searched and
@@ -172,9 +175,7 @@ class LungSegmentation:
     """
 
     lungs: np.ndarray
-    airways: np.ndarray
     region: np.ndarray
-    body: np.ndarray
     right_volume_ml: float
     left_volume_ml: float
     region_volume_ml: float
@@ -183,6 +184,17 @@ class LungSegmentation:
     air_hu: float
     working_spacing: tuple[float, float, float]
     seconds: float
+    working_airways: np.ndarray = field(repr=False)  # on the working grid
+    working_body: np.ndarray = field(repr=False)
+    working_factors: tuple[int, int, int] = (1, 1, 1)  # (z, y, x) block factors of the working grid
+
+    @functools.cached_property
+    def airways(self) -> np.ndarray:
+        return upsample_repeat(self.working_airways, self.working_factors, self.lungs.shape)
+
+    @functools.cached_property
+    def body(self) -> np.ndarray:
+        return upsample_repeat(self.working_body, self.working_factors, self.lungs.shape)
 
 
 @dataclass(frozen=True)
@@ -312,12 +324,10 @@ def segment_lungs(volume: Volume) -> LungSegmentation:
 
     shape = volume.array.shape
     volumes = [grid.fine_ml(m) for m in (labels == RIGHT, labels == LEFT, region, airways)]
-    outputs = [upsample_repeat(m, grid.factors, shape) for m in (labels, airways, region, body)]
+    outputs = [upsample_repeat(m, grid.factors, shape) for m in (labels, region)]
     result = LungSegmentation(
         lungs=outputs[0],
-        airways=outputs[1],
-        region=outputs[2],
-        body=outputs[3],
+        region=outputs[1],
         right_volume_ml=volumes[0],
         left_volume_ml=volumes[1],
         region_volume_ml=volumes[2],
@@ -326,6 +336,9 @@ def segment_lungs(volume: Volume) -> LungSegmentation:
         air_hu=air_hu,
         working_spacing=grid.spacing,
         seconds=time.perf_counter() - start,
+        working_airways=airways,
+        working_body=body,
+        working_factors=grid.factors,
     )
     logger.info(
         "lungs: right %.0f ml, left %.0f ml, region %.0f ml, airways %.0f ml, trachea %s, %.2f s",
