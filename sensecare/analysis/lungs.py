@@ -10,7 +10,9 @@ the masks are repeated back onto the CT grid exactly
 array order.
 
 1. **Body**: tissue above -500 HU, opened per slice (3 mm) so the table and
-   blankets come off, the largest blob of each slice, holes filled.
+   blankets come off, the largest blob of each slice, holes filled.  Where
+   the opening cut a thin chest wall, the air the body still walls in (a
+   tissue hole mostly between body parts) is lung and joins it.
 2. **Lung air**: below -400 HU inside the body, 3-D components; one counts as
    lung when big enough and its median HU is clearly above the air outside
    the patient (aerated parenchyma holds tissue; bowel gas, sinuses and
@@ -94,6 +96,10 @@ WORK_XY_MM, WORK_Z_MM = 1.5, 3.0
 CLIP_HU = (-1024.0, 3071.0)
 #: Body: above this; opened by this radius to drop the table and blankets.
 BODY_HU, BODY_OPEN_MM = -500.0, 3.0
+#: A hole of the tissue mask left outside the opened body, at least this large and with at least
+#: this share of it between body pixels on its image row or column, is lung behind a chest wall
+#: too thin for the opening.
+WALLED_MIN_MM2, WALLED_SHARE = 400.0, 0.3
 #: Air inside the body.
 AIR_HU = -400.0
 #: A lung component has at least this volume and a median this far above outside air.
@@ -356,15 +362,59 @@ def _body(hu: np.ndarray, grid: _Grid) -> np.ndarray:
 
     Found on a grid twice as coarse again (~3 mm; the body is big and its
     exact edge matters little), then its outer rim is re-cut at working
-    resolution by the tissue threshold.
+    resolution by the tissue threshold.  The opening erodes at least one
+    coarse pixel, so it also cuts a chest wall thinner than about three of
+    them (a thin patient, a coarse matrix) and the lung behind it is no hole
+    of the body; in the slices where much air lies outside the body yet
+    between its parts, such lungs come back (:func:`_walled_in`).
     """
     tissue = hu > BODY_HU
     half = block_mean(hu, (1, 2, 2)) > BODY_HU
     r = max(1, round(BODY_OPEN_MM / (2 * grid.pixel_mm)))
     core = largest_component_2d(dilate_disk_2d(erode_disk_2d(half, r), r))
     body = fill_holes_2d(dilate_disk_2d(core, r + 1, within=half))
+    cut = ~half & ~body & (_between_ends(body, 1) | _between_ends(body, 2))
+    slices = np.flatnonzero(np.count_nonzero(cut, axis=(1, 2)) * 4.0 * grid.pixel_mm2 >= WALLED_MIN_MM2)
     inner = upsample_repeat(erode_disk_2d(body, 1), (1, 2, 2), hu.shape)
-    return upsample_repeat(body, (1, 2, 2), hu.shape) & (inner | tissue)
+    body = upsample_repeat(body, (1, 2, 2), hu.shape) & (inner | tissue)
+    if slices.size:
+        body[slices] = _walled_in(tissue[slices], body[slices], grid)
+    return body
+
+
+def _walled_in(tissue: np.ndarray, body: np.ndarray, grid: _Grid) -> np.ndarray:
+    """``body`` plus the tissue holes it walls in: lungs behind a chest wall the opening cut.
+
+    A hole of the tissue mask (air enclosed by tissue, however thin) of at
+    least :data:`WALLED_MIN_MM2`, with at least :data:`WALLED_SHARE` of its
+    pixels between body pixels on their image row or column, joins the body
+    together with the tissue around it.  The table's foam core lies beside
+    the body, never between its parts; small skin-fold pockets are too small.
+    """
+    holes = fill_holes_2d(tissue) & ~tissue & ~body
+    labels, n = ndi.label(holes, structure=CROSS_2D)
+    if n == 0:
+        return body
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    between = holes & (_between_ends(body, 1) | _between_ends(body, 2))
+    enclosed = np.bincount(labels[between], minlength=n + 1)
+    keep = (sizes * grid.pixel_mm2 >= WALLED_MIN_MM2) & (enclosed >= WALLED_SHARE * sizes)
+    keep[0] = False
+    if not keep.any():
+        return body
+    walled = keep[labels]
+    return fill_holes_2d(body | walled | (dilate_disk_2d(walled, 1) & tissue))
+
+
+def _between_ends(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Pixels between the first and the last ``mask`` pixel of their line along ``axis`` (1: image column, 2: row)."""
+    n = mask.shape[axis]
+    flipped = np.flip(mask, axis=axis)
+    present = mask.any(axis=axis, keepdims=True)
+    first = np.where(present, mask.argmax(axis=axis).reshape(present.shape), n)
+    last = np.where(present, n - 1 - flipped.argmax(axis=axis).reshape(present.shape), -1)
+    index = np.arange(n).reshape([n if a == axis else 1 for a in range(mask.ndim)])
+    return (index >= first) & (index <= last)
 
 
 def _outside_air_hu(hu: np.ndarray, body: np.ndarray) -> float:

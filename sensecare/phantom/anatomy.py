@@ -37,6 +37,10 @@ __all__ = ["Anatomy", "Rib", "Surface", "build_anatomy"]
 SIZE_BODY = {"small": (0.90, 0.88), "medium": (1.0, 1.0), "large": (1.15, 1.22)}
 SIZE_THORAX = {"small": 0.91, "medium": 0.96, "large": 1.0}
 SIZE_FAT = {"small": 7.0, "medium": 14.0, "large": 32.0}
+#: Exponent of the torso's cross-section behind its centre (flattened against the table).
+BODY_N_BACK = 3.2
+#: Skin to thoracic cavity at least (mm): skin, fat, muscle and ribs of the thinnest chest wall.
+MIN_CHEST_WALL_MM = 10.0
 
 
 class Surface:
@@ -203,20 +207,7 @@ def build_anatomy(size: str, sex: str, rng: np.random.Generator) -> Anatomy:
     # the body grows with the square root of the thorax scale, plus habitus and extra fat
     bt[:, 3] = bt[:, 3] / thorax * thorax**0.5 * bw + (fat - SIZE_FAT["medium"])
     bt[:, 4] = bt[:, 4] / thorax * thorax**0.5 * bd + (fat - SIZE_FAT["medium"])
-    back = float(np.max(bt[:, 2] + bt[:, 4]))
-    z_lo, z_hi = float(bt[:, 0].min()), float(bt[:, 0].max())
-    body = ZSuperEllipse(bt, 3.2, z_lo, z_hi)
-    inner_t = bt.copy()
-    inner_t[:, 3] -= fat
-    inner_t[:, 4] -= fat
-    fat_inner = ZSuperEllipse(inner_t, 3.2, z_lo, z_hi)
-    plane_t = inner_t.copy()
-    plane_t[:, 3:5] -= 7.0 + 0.15 * fat
-    plane = ZSuperEllipse(plane_t, 3.2, z_lo, z_hi)
-    fat_planes = FuncShape(plane.box, lambda X, Y, Z: _plane_sdf(plane, X, Y, Z))
-    body_half_width = float(bt[:, 3].max())
-
-    # --- hemithoraces, domes, apices, fissures ---------------------------------
+    # the hemithoraces (table rows as the body's; the left one is the mirror image)
     cav_rows = [
         (135, -40, 18, 20, 24),
         (110, -48, 16, 34, 44),
@@ -228,6 +219,22 @@ def build_anatomy(size: str, sex: str, rng: np.random.Generator) -> Anatomy:
         (-210, -72, 4, 66, 90),
     ]
     cav_r = S(cav_rows)
+    # a thin habitus shrinks the body faster than the thorax: keep a chest wall round the cavities
+    bt = _with_chest_wall(bt, cav_r, BODY_N_BACK, MIN_CHEST_WALL_MM)
+    back = float(np.max(bt[:, 2] + bt[:, 4]))
+    z_lo, z_hi = float(bt[:, 0].min()), float(bt[:, 0].max())
+    body = ZSuperEllipse(bt, BODY_N_BACK, z_lo, z_hi)
+    inner_t = bt.copy()
+    inner_t[:, 3] -= fat
+    inner_t[:, 4] -= fat
+    fat_inner = ZSuperEllipse(inner_t, BODY_N_BACK, z_lo, z_hi)
+    plane_t = inner_t.copy()
+    plane_t[:, 3:5] -= 7.0 + 0.15 * fat
+    plane = ZSuperEllipse(plane_t, BODY_N_BACK, z_lo, z_hi)
+    fat_planes = FuncShape(plane.box, lambda X, Y, Z: _plane_sdf(plane, X, Y, Z))
+    body_half_width = float(bt[:, 3].max())
+
+    # --- hemithoraces, domes, apices, fissures ---------------------------------
     cav_l = cav_r.copy()
     cav_l[:, 1] *= -1
     cavity = {"R": ZEllipse(cav_r), "L": ZEllipse(cav_l)}
@@ -476,6 +483,42 @@ class _Subtract(Shape):
         a = evaluate(self.base, xs, ys, zs)
         b = -evaluate(self.hole, xs, ys, zs)
         return smooth_max(self.smooth)(a, b)
+
+
+def _with_chest_wall(bt: np.ndarray, cav_r: np.ndarray, n_back: float, wall: float) -> np.ndarray:
+    """The body table ``bt``, widened where the hemithoraces come within ``wall`` mm of the skin.
+
+    Body rows scale the reference torso by the habitus, the cavities by the
+    thorax scale alone, so a small patient's lungs would break through the
+    skin anterolaterally.  Over the cavities' z range (every 5 mm and at each
+    table row) the torso cross-section is scaled about its centre just
+    enough to hold both cavity outlines moved out by ``wall``.  A body that
+    already holds them comes back unchanged (the same array).
+    """
+    up = bt[np.argsort(bt[:, 0])]
+    cav = cav_r[np.argsort(cav_r[:, 0])]
+    z0, z1 = cav[0, 0], cav[-1, 0]
+    zs = np.union1d(np.append(np.arange(z0, z1, 5.0), z1), up[(up[:, 0] >= z0) & (up[:, 0] <= z1), 0])
+    rows = np.column_stack([zs] + [np.interp(zs, up[:, 0], up[:, i]) for i in range(1, 5)])
+    cx, cy, a, b = (np.interp(zs, cav[:, 0], cav[:, i])[:, None] for i in range(1, 5))
+    theta = np.linspace(0.0, 2.0 * np.pi, 181)[None, :]
+    cos, sin = np.cos(theta), np.sin(theta)
+    scale = np.ones(zs.size)
+    for side in (1.0, -1.0):
+        nx, ny = cos / a, sin / b
+        norm = np.hypot(nx, ny)
+        px = side * (cx + a * cos + wall * nx / norm)
+        py = cy + b * sin + wall * ny / norm
+        qx = np.abs(px - rows[:, 1:2]) / rows[:, 3:4]
+        qy = (py - rows[:, 2:3]) / rows[:, 4:5]
+        n = np.where(qy > 0, n_back, 2.0)
+        g = (qx**n + np.abs(qy) ** n) ** (1.0 / n)  # scaling the cross-section by s divides g by s
+        scale = np.maximum(scale, g.max(axis=1))
+    if np.all(scale <= 1.0):
+        return bt
+    rows[:, 3:5] *= scale[:, None]
+    table = np.vstack([bt[(bt[:, 0] < zs[0]) | (bt[:, 0] > zs[-1])], rows])
+    return table[np.argsort(-table[:, 0], kind="stable")]  # superior first, as ``bt``
 
 
 def _plane_sdf(plane: ZSuperEllipse, X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:

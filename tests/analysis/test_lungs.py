@@ -307,6 +307,58 @@ def test_phantom_touching_lungs_are_split_at_the_midline() -> None:
     assert seg.right_volume_ml == pytest.approx(seg.left_volume_ml, rel=0.1)
 
 
+def test_lungs_behind_a_thin_chest_wall_are_kept() -> None:
+    """A 4 mm chest wall round the lungs (a thin patient): the body opening cuts it, the lungs stay."""
+    from scipy import ndimage as ndi
+
+    from sensecare.analysis.morphology import convex_hull_2d, fill_holes_2d
+
+    phantom = _phantom()
+    volume = phantom.volume
+    hu = volume.array.copy()
+    walled_air = fill_holes_2d(hu > -500) & (hu < -500)  # lungs and airways
+    thorax = convex_hull_2d(walled_air)
+    for k in np.flatnonzero(thorax.any(axis=(1, 2))):
+        outside = ndi.distance_transform_edt(~thorax[k], sampling=volume.spacing[1::-1]) > 4.0
+        hu[k][outside] = -1000
+    seg = segment_lungs(dataclasses.replace(volume, array=hu))
+    assert seg.right_volume_ml == pytest.approx(1130, rel=0.06)
+    assert seg.left_volume_ml == pytest.approx(1150, rel=0.06)
+    assert np.count_nonzero(seg.body[walled_air]) >= 0.9 * np.count_nonzero(walled_air)
+
+
+def test_small_patient_phantom_lungs_and_lesions_are_found() -> None:
+    """Seed 3955, a small man: his lungs lie inside a chest wall and are found, lesions in the region.
+
+    Small patients' lungs used to break through the skin (body scaled below the
+    thorax) and, even with a 10 mm chest wall, the 3 mm body opening on a
+    coarse matrix cut the wall: most lung slices and their lesions were lost.
+    """
+    from sensecare.evaluation.run import PhantomRecipe
+    from sensecare.phantom import generate_phantom
+
+    spec = dataclasses.replace(PhantomRecipe().spec_for(3955), matrix=96, n_slices=24)
+    assert spec.size == "small"
+    phantom = generate_phantom(spec)
+    volume = Volume(
+        array=phantom.hu,
+        spacing=phantom.spacing,
+        origin=phantom.origin,
+        direction=np.eye(3),
+        series_instance_uid="2.25.3",
+        study_instance_uid="2.25.4",
+        sop_instance_uids=tuple(f"2.25.3.{k}" for k in range(phantom.hu.shape[0])),
+    )
+    seg = segment_lungs(volume)
+    truth = phantom.lungs > 0
+    same_side = (seg.lungs == phantom.lungs) & truth
+    assert np.count_nonzero(same_side) >= 0.85 * np.count_nonzero(truth)
+    assert phantom.truth
+    for lesion in phantom.truth:
+        inside = seg.region[phantom.lesions == lesion.id]
+        assert inside.mean() >= 0.9, (lesion.id, lesion.type, inside.mean())
+
+
 def test_no_lung_air_raises_no_lungs_found() -> None:
     """Soft tissue only, then with a pocket of pure gas (bowel-like): no lungs."""
     phantom = _phantom()
