@@ -268,8 +268,13 @@ class LesionHeatmapModel:
         parser.read_config(bundle / "configs" / "inference.json")
         metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
         own = metadata.get("sensecare", {})
-        if tuple(own.get("features", ())) != FEATURE_NAMES:
-            raise ConfigurationError(f"{bundle} was trained on other voxel features than this code computes; retrain it")
+        used = tuple(own.get("features", ()))
+        unknown = [name for name in used if name not in FEATURE_NAMES]
+        if not used or unknown:
+            raise ConfigurationError(
+                f"{bundle} was trained on voxel features this code does not compute ({', '.join(unknown) or 'none listed'}); retrain it")
+        #: The model sees a subset of the computed features, in its own order.
+        self.columns = np.array([FEATURE_NAMES.index(name) for name in used])
         self.name = metadata.get("name", bundle.name)
         self.version = metadata.get("version", "0")
         self.threshold = float(own.get("detection_threshold", 0.5))
@@ -278,12 +283,16 @@ class LesionHeatmapModel:
         self.mean = np.asarray(own["feature_mean"], dtype=np.float32)
         self.std = np.asarray(own["feature_std"], dtype=np.float32)
         self.device = device
+        parser["network_def"]["in_channels"] = len(used)
         self.model = parser.get_parsed_content("network_def")
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        try:
+            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except RuntimeError as exc:  # shapes of another feature list or network
+            raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
         self.model.to(device).eval()
 
     def predict(self, features: np.ndarray, batch_rows: int = 1 << 18) -> np.ndarray:
-        """Probability per feature row, (n, F) -> (n,)."""
+        """Probability per row of the model's own features (``self.columns`` of the computed ones)."""
         import torch
 
         out = np.empty(len(features), dtype=np.float32)
@@ -297,5 +306,5 @@ class LesionHeatmapModel:
     def probability_map(self, maps: FeatureMaps) -> np.ndarray:
         """The probabilities back on the working grid (0 outside the region)."""
         probability = np.zeros(maps.inside.shape, dtype=np.float32)
-        probability[maps.inside] = self.predict(maps.features)
+        probability[maps.inside] = self.predict(maps.features[:, self.columns])
         return probability

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: Called with (stage name, stages done, stages in all) as the analysis advances.
 Progress = Callable[[str, int, int], None]
 
+#: Findings below this confidence are not reported.
+MIN_CONFIDENCE = 0.2
 STAGES = ("read", "lungs", "lesions", "measure", "opacity", "seg", "sr", "report")
 ALGORITHM_NAME = "SenseCare lung findings"
 
@@ -147,7 +149,7 @@ def analyze_volume(
     write_dicom: bool = True,
 ) -> AnalysisResult:
     """Analyse a volume whose slice datasets (volume order) are given; write results under ``out_dir``."""
-    from sensecare.analysis.lesions import find_lesions
+    from sensecare.analysis.detect import detect_lesions
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
     from sensecare.analysis.opacity import measure_opacity
@@ -158,9 +160,11 @@ def analyze_volume(
 
     lungs = segment_lungs(volume)
     clock.lap("lungs")
-    found = find_lesions(volume, lungs.region, lungs=lungs.lungs)
+    heatmap = _heatmap_model(device)
+    found = detect_lesions(volume, lungs, heatmap)
     network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
+    found = [lesion for lesion in found if lesion.confidence >= MIN_CONFIDENCE]
     clock.lap("lesions")
 
     lesions: list[LesionReport] = []
@@ -224,7 +228,7 @@ def analyze_volume(
         flags=flags,
         urgency=urgency_for(flags),
         timing_s={},
-        models=_models(network),
+        models=_models(heatmap, network),
         device=device,
         outputs=outputs,
     )
@@ -345,13 +349,24 @@ def _series_info(volume: Volume, slices: Sequence[Dataset]) -> SeriesInfo:
     )
 
 
-def _models(network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
+def _models(heatmap, network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
     return [
+        ModelInfo(name=heatmap.name, version=heatmap.version, kind="MONAI FullyConnectedNet: lesion voxel classifier (detection)"),
         ModelInfo(name=network.name, version=network.version, kind="MONAI SegResNet: candidate false-positive reduction"),
         ModelInfo(name="sensecare-lungs", version=__version__, kind="lung segmentation (classical)"),
-        ModelInfo(name="sensecare-lesions", version=__version__, kind="lesion candidates and segmentation (classical)"),
+        ModelInfo(name="sensecare-lesions", version=__version__, kind="lesion segmentation and type (classical)"),
         ModelInfo(name="sensecare-opacity", version=__version__, kind="percent opacity and severity (classical)"),
     ]
+
+
+@functools.lru_cache(maxsize=4)
+def _heatmap_model(device: str):  # type: ignore[no-untyped-def]
+    """The voxel classifier, loaded once per device and process."""
+    import torch
+
+    from sensecare.analysis.heatmap import LesionHeatmapModel
+
+    return LesionHeatmapModel(torch.device(device))
 
 
 @functools.lru_cache(maxsize=4)

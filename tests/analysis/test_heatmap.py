@@ -127,7 +127,12 @@ def test_a_bundle_for_other_features_is_refused(tmp_path: Path) -> None:
     shutil.copytree(DEFAULT_BUNDLE, bundle)
     meta_path = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    meta["sensecare"]["features"] = meta["sensecare"]["features"][:-1]
+    features = meta["sensecare"]["features"]
+    meta["sensecare"]["features"] = features[:-1] + ["colour_of_the_sky"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigurationError, match="colour_of_the_sky"):
+        LesionHeatmapModel(resolve_device("cpu"), bundle)
+    meta["sensecare"]["features"] = features[:-1]  # a known subset the weights were not trained on
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigurationError, match="retrain"):
         LesionHeatmapModel(resolve_device("cpu"), bundle)

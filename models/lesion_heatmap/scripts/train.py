@@ -158,8 +158,11 @@ def main() -> None:
             log(message)
     data_s = time.perf_counter() - started
 
+    used = [name for name in FEATURE_NAMES if name not in set(recipe.get("excluded_features", []))]
+    columns = [FEATURE_NAMES.index(name) for name in used]
     x_train, y_train, _, _ = load(train_seeds, args.cache)
     x_val, y_val, lesion_val, case_val = load(val_seeds, args.cache)
+    x_train, x_val = x_train[:, columns], x_val[:, columns]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-3
     log(f"training rows: {len(y_train)} ({int(y_train.sum())} lesion), validation rows: {len(y_val)}")
 
@@ -167,6 +170,7 @@ def main() -> None:
     torch.set_num_threads(1)  # a small MLP: more threads only contend with the phantom workers
     config = ConfigParser()
     config.read_config(BUNDLE / "configs" / "inference.json")
+    config["network_def"]["in_channels"] = len(used)
     model = config.get_parsed_content("network_def")
     iterations = args.iterations or recipe["iterations"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
@@ -212,6 +216,10 @@ def main() -> None:
     log(json.dumps(metrics))
     (BUNDLE / "models").mkdir(exist_ok=True)
     torch.save(model.state_dict(), BUNDLE / "models" / "model.pt")
+    inference_path = BUNDLE / "configs" / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    inference["network_def"]["in_channels"] = len(used)
+    inference_path.write_text(json.dumps(inference, indent=2) + "\n")
 
     import monai
 
@@ -235,7 +243,7 @@ def main() -> None:
     })
     own = metadata.setdefault("sensecare", {})
     own.update({
-        "features": list(FEATURE_NAMES),
+        "features": used,
         "feature_mean": [round(float(v), 6) for v in mean],
         "feature_std": [round(float(v), 6) for v in std],
         "detection_threshold": own.get("detection_threshold", 0.25),
