@@ -246,6 +246,7 @@ def evaluate(
     min_diameter: Annotated[float, typer.Option("--min-diameter", help="Count truth lesions at least this large (mm).")] = 5.0,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples over scans for 95 % intervals (0: none).")] = 1000,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "cpu",
+    jobs: Annotated[int, typer.Option(help="Cases analysed in parallel processes (CPU cores to use).")] = 1,
 ) -> None:
     """Measure lesion detection (FROC, CPM), typing, volumes and opacity against ground truth."""
     from sensecare.analysis.device import resolve_device
@@ -260,7 +261,7 @@ def evaluate(
     config = EvaluationConfig(
         out=out, phantoms=(0 if cases is not None else 50) if phantoms is None else phantoms, seed_start=seed_start,
         recipe=recipe, cases_dir=cases, robustness=robustness, robustness_phantoms=robustness_phantoms,
-        threshold=threshold, min_diameter_mm=min_diameter, bootstrap=bootstrap, device=device,
+        threshold=threshold, min_diameter_mm=min_diameter, bootstrap=bootstrap, device=device, jobs=jobs,
     )
     planned = len(plan_cases(config))  # fails here, in one line, on a bad option
     with Progress(

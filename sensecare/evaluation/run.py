@@ -30,6 +30,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ class EvaluationConfig:
     min_diameter_mm: float = 5.0
     bootstrap: int = 1000
     device: str = "cpu"
+    jobs: int = 1  # cases analysed in parallel processes
 
 
 def folder_cases(root: Path) -> list[CaseInput]:
@@ -168,6 +170,8 @@ def folder_cases(root: Path) -> list[CaseInput]:
 
 def plan_cases(config: EvaluationConfig) -> list[CaseInput]:
     """Check the configuration and list the cases, building every phantom spec up front (fail fast)."""
+    if config.jobs < 1:
+        raise EvaluationError(f"--jobs must be at least 1, got {config.jobs}")
     if config.phantoms < 0 or config.robustness_phantoms < 0:
         raise EvaluationError("the number of phantoms must not be negative")
     if config.seed_start < 0:
@@ -332,10 +336,18 @@ def evaluate(config: EvaluationConfig, progress: Progress | None = None) -> Eval
     started = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []
-    for done, case in enumerate(cases):
-        if progress:
-            progress(case.case_id, done, len(cases))
-        results.append(run_case(case, config.out, config.device))
+    if config.jobs > 1:
+        with ProcessPoolExecutor(max_workers=config.jobs) as pool:
+            futures = [pool.submit(run_case, case, config.out, config.device) for case in cases]
+            for done, (case, future) in enumerate(zip(cases, futures)):
+                if progress:
+                    progress(case.case_id, done, len(cases))
+                results.append(future.result())
+    else:
+        for done, case in enumerate(cases):
+            if progress:
+                progress(case.case_id, done, len(cases))
+            results.append(run_case(case, config.out, config.device))
     if progress:
         progress("summary", len(cases), len(cases))
     main = [r for r in results if r.setting == MAIN]

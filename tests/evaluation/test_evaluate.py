@@ -121,7 +121,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_end_to_end(tmp_path: Path) -> None:
-    """One phantom folder (``--cases``) plus one generated phantom, 128 matrix, 5 mm slices."""
+    """One phantom folder (``--cases``) plus one generated phantom, 128 matrix, 5 mm slices, two processes
+    (results keep the cases' order)."""
     from sensecare.phantom import (
         LesionSpec,
         PhantomSpec,
@@ -134,7 +135,8 @@ def test_evaluate_end_to_end(tmp_path: Path) -> None:
     write_phantom(generate_phantom(spec), tmp_path / "cases" / "p5100")
     out = tmp_path / "eval"
     result = _cli("--cases", str(tmp_path / "cases"), "--phantoms", "1", "--seed-start", "5200", "--matrix", "128",
-                  "--thickness", "5", "--lesions", "solid:12,mass:35", "--bootstrap", "50", "--out", str(out))
+                  "--thickness", "5", "--lesions", "solid:12,mass:35", "--bootstrap", "50", "--jobs", "2",
+                  "--out", str(out))
     assert result.returncode == 0, result.stderr
     for name in ("evaluation.json", "froc.png", "volume_error.png", "evaluation.md"):
         assert (out / name).is_file(), name
@@ -166,6 +168,7 @@ def test_evaluate_end_to_end(tmp_path: Path) -> None:
     (["--phantoms", "1", "--kernel", "blurry"], "kernel"),
     (["--cases", "/nowhere/at/all"], "does not exist"),
     (["--phantoms", "1", "--threshold", "2"], "threshold"),
+    (["--phantoms", "1", "--jobs", "0"], "jobs"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(tmp_path: Path, args: list[str], message: str) -> None:
     result = _cli(*args, "--out", str(tmp_path / "o"))
