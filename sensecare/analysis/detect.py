@@ -25,8 +25,19 @@ import numpy as np
 from scipy import ndimage
 
 from sensecare.analysis.candidates import Candidate
-from sensecare.analysis.heatmap import HeatmapDetection, LesionHeatmapModel, detections_from, voxel_features
-from sensecare.analysis.lesions import MASS_MM, Lesion, LesionType, overlap_share, segment_seeds
+from sensecare.analysis.heatmap import (
+    HeatmapDetection,
+    LesionHeatmapModel,
+    detections_from,
+    voxel_features,
+)
+from sensecare.analysis.lesions import (
+    MASS_MM,
+    Lesion,
+    LesionType,
+    overlap_share,
+    segment_seeds,
+)
 from sensecare.analysis.measure import axial_diameters
 from sensecare.dicom.volume import Volume
 

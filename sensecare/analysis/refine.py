@@ -18,7 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from sensecare.analysis.network import LesionNetwork, PatchGeometry, extract_patch, patch_to_volume
+from sensecare.analysis.network import (
+    LesionNetwork,
+    PatchGeometry,
+    extract_patch,
+    patch_to_volume,
+)
 
 #: Candidates the network gives less than this (mean over the candidate's own voxels) are dropped.
 REJECT_BELOW = 0.15
