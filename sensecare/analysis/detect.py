@@ -60,7 +60,7 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Les
     if maps is None:
         return []
     probability = model.probability_map(maps)
-    detections = detections_from(probability, maps, spacing, volume.array.shape,  # type: ignore[arg-type]
+    detections = detections_from(probability, maps, spacing,  # type: ignore[arg-type]
                                  threshold=model.threshold, min_volume_mm3=model.min_volume_mm3,
                                  max_detections=model.max_detections)
     seeds = [

@@ -197,7 +197,7 @@ class HeatmapDetection:
 
 
 def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tuple[float, float, float],
-                    volume_shape: tuple[int, int, int], *, threshold: float, min_volume_mm3: float,
+                    *, threshold: float, min_volume_mm3: float,
                     max_detections: int | None = None) -> list[HeatmapDetection]:
     """Connected regions of ``probability`` (working grid), best first, at two levels.
 

@@ -87,7 +87,7 @@ def test_detections_are_connected_regions_scored_by_their_peak() -> None:
     probability[1, 28, 28] = 0.99  # one voxel: below the size floor
     maps = _maps(probability.shape, (1, 2, 2), (10, 20, 30))
     spacing = (1.0, 1.0, 2.0)
-    found = detections_from(probability, maps, spacing, (100, 200, 200), threshold=0.25, min_volume_mm3=16.0)
+    found = detections_from(probability, maps, spacing, threshold=0.25, min_volume_mm3=16.0)
     assert [round(d.score, 2) for d in found] == [0.9, 0.35]
     strong, faint = found
     assert strong.peak == (10 + 6, 20 + 6 * 2 + 1, 30 + 6 * 2 + 1)
@@ -102,7 +102,7 @@ def test_the_half_maximum_mask_leaves_out_a_faint_rim() -> None:
     probability[2:8, 2:8, 2:8] = 0.3
     probability[4:6, 4:6, 4:6] = 0.95
     maps = _maps(probability.shape, (1, 1, 1), (0, 0, 0))
-    (only,) = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 10), threshold=0.25, min_volume_mm3=1.0)
+    (only,) = detections_from(probability, maps, (1.0, 1.0, 1.0), threshold=0.25, min_volume_mm3=1.0)
     assert only.mask.sum() == 8
 
 
@@ -115,7 +115,7 @@ def test_the_shipped_classifier_tells_a_nodule_from_parenchyma_and_a_vessel() ->
     assert float(fine[nodule[maps.box]].max()) > 0.5
     far = ~region[maps.box] | nodule[maps.box] | vessel[maps.box]
     assert float(np.percentile(fine[~far], 99.5)) < 0.25
-    found = detections_from(probability, maps, SPACING, hu.shape, threshold=model.threshold,
+    found = detections_from(probability, maps, SPACING, threshold=model.threshold,
                             min_volume_mm3=model.min_volume_mm3)
     assert found, "the nodule was not detected"
     z, y, x = found[0].peak
@@ -148,10 +148,10 @@ def test_two_lesions_joined_by_a_faint_bridge_stay_two_detections() -> None:
     probability[4:6, 4:6, 8:22] = 0.3  # a vessel the classifier half believes
     probability[3:7, 3:7, 22:28] = 0.8
     maps = _maps(probability.shape, (1, 1, 1), (0, 0, 0))
-    found = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 30), threshold=0.25, min_volume_mm3=1.0)
+    found = detections_from(probability, maps, (1.0, 1.0, 1.0), threshold=0.25, min_volume_mm3=1.0)
     assert [round(d.score, 2) for d in found] == [0.95, 0.8]
     assert found[0].offset[2] == 2 and found[1].offset[2] == 22
-    capped = detections_from(probability, maps, (1.0, 1.0, 1.0), (10, 10, 30), threshold=0.25, min_volume_mm3=1.0,
+    capped = detections_from(probability, maps, (1.0, 1.0, 1.0), threshold=0.25, min_volume_mm3=1.0,
                              max_detections=1)
     assert [round(d.score, 2) for d in capped] == [0.95]
 
