@@ -35,7 +35,7 @@ from sensecare.analysis.lesions import (
     MASS_MM,
     Lesion,
     LesionType,
-    overlap_share,
+    merge_overlapping,
     segment_seeds,
 )
 from sensecare.analysis.measure import axial_diameters
@@ -50,7 +50,6 @@ MIN_AGREEMENT_MM = 3.0
 VOLUME_FACTOR = 3.0
 #: Mean HU below which a fallback mask is ground glass (Fleischner: GGO does not hide vessels).
 GGO_MEAN_HU = -300.0
-MERGE_OVERLAP = 0.5
 
 
 def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Lesion]:  # type: ignore[no-untyped-def]
@@ -80,7 +79,7 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Les
                     "heatmap_radius_mm": round(detection.radius_mm, 2),
                     "classical_outline": 1.0 if lesion is outline else 0.0}
         lesions.append(dataclasses.replace(lesion, confidence=detection.score, features=features))
-    return _merge(lesions)
+    return merge_overlapping(lesions)
 
 
 def _centroid_mm(mask: np.ndarray, offset: tuple[int, int, int], spacing_xyz: tuple[float, ...]) -> np.ndarray:
@@ -124,13 +123,3 @@ def _from_detection(detection: HeatmapDetection, volume: Volume, region: np.ndar
     features = {"mean_hu": mean_hu, "long_axis_mm": long_axis,
                 "eq_diameter_mm": 2.0 * (3.0 * np.count_nonzero(mask) * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)}
     return Lesion(mask.copy(), offset, kind, detection.score, features)  # type: ignore[arg-type]
-
-
-def _merge(lesions: list[Lesion]) -> list[Lesion]:
-    """Drop a lesion whose voxels lie mostly inside a better-scored one; best first."""
-    kept: list[Lesion] = []
-    for lesion in sorted(lesions, key=lambda les: -les.confidence):
-        if any(overlap_share(lesion, other) > MERGE_OVERLAP for other in kept):
-            continue
-        kept.append(lesion)
-    return kept

@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from sensecare.analysis.candidates import SOLID_HU, parenchyma_hu
 from sensecare.analysis.grid import CoarseGrid
+from sensecare.analysis.morphology import upsample_repeat
 from sensecare.errors import ConfigurationError
 
 __all__ = [
@@ -238,8 +239,7 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
         fine_box = tuple(
             slice(b.start * f, min(b.stop * f, n_fine)) for b, f, n_fine in zip(box, grid.factors, grid.fine_shape)
         )
-        fine = np.repeat(np.repeat(np.repeat(coarse, grid.factors[0], 0), grid.factors[1], 1), grid.factors[2], 2)
-        fine = fine[tuple(slice(0, s.stop - s.start) for s in fine_box)]
+        fine = upsample_repeat(coarse, grid.factors, tuple(s.stop - s.start for s in fine_box))  # type: ignore[arg-type]
         offset = tuple(int(s.start + b.start) for s, b in zip(fine_box, maps.box))
         peak_fine = tuple(
             int(min(p * f + f // 2, n_fine - 1) + b.start)

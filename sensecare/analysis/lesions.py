@@ -41,7 +41,7 @@ from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.measure import axial_diameters
 from sensecare.dicom.volume import Volume
 
-__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "segment_seeds"]
+__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds"]
 
 #: Sub-solid (ground-glass) detection: this many HU above the parenchyma, on a ~1.2 mm smoothed
 #: image; the outline is then drawn at half the lesion's own contrast, never below the minimum.
@@ -166,7 +166,7 @@ def find_lesions(
         if 2.0 * _eq_radius(seg.outline.mask, ctx.zyx) < min_diameter_mm:
             continue
         lesions.append(_describe(ctx, seed, seg, start))
-    lesions = [les for les in _merge(lesions) if les.confidence >= min_confidence]
+    lesions = [les for les in merge_overlapping(lesions) if les.confidence >= min_confidence]
     lesions.sort(key=lambda les: -les.confidence)
     return lesions
 
@@ -745,18 +745,18 @@ def confidence_from(f: dict[str, float], kind: LesionType) -> float:
     return float(1.0 / (1.0 + math.exp(-score)))
 
 
-def _merge(lesions: list[Lesion]) -> list[Lesion]:
-    """Drop a lesion whose voxels lie mostly inside a more confident one."""
+def merge_overlapping(lesions: list[Lesion]) -> list[Lesion]:
+    """Drop a lesion whose voxels lie mostly inside a more confident one; most confident first."""
     ranked = sorted(lesions, key=lambda les: -les.confidence)
     kept: list[Lesion] = []
     for les in ranked:
-        if any(overlap_share(les, other) > 0.5 for other in kept):
+        if any(_overlap(les, other) > 0.5 for other in kept):
             continue
         kept.append(les)
     return kept
 
 
-def overlap_share(a: Lesion, b: Lesion) -> float:
+def _overlap(a: Lesion, b: Lesion) -> float:
     """Share of ``a``'s voxels inside ``b``."""
     lo = [max(oa, ob) for oa, ob in zip(a.offset, b.offset)]
     hi = [min(oa + na, ob + nb) for oa, ob, na, nb in zip(a.offset, b.offset, a.mask.shape, b.mask.shape)]
