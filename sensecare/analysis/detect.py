@@ -2,18 +2,23 @@
 
 1. :mod:`sensecare.analysis.heatmap` gives every region voxel of a ~2 mm grid
    a lesion probability; each connected region above the model's detection
-   threshold is one detection, scored by its peak probability.
-2. Each detection is segmented at full resolution by the classical
+   threshold is one detection.
+2. :mod:`sensecare.analysis.ranker` looks at each detection as a whole and
+   says how likely it is a lesion; the likely ones (at most the ranker's
+   ``max_findings``) go on, best first. Without a ranker, the peak
+   probability ranks them.
+3. Each detection is segmented at full resolution by the classical
    segmentation (:func:`sensecare.analysis.lesions.segment_seeds`), seeded at
    its peak. That outline is kept when it describes the same thing as the
    detection (centroid within the detection's radius, volume within a factor
    of three); when it leaked into a vessel or lost the lesion, the detection's
    own region is the mask (coarser, but in the right place).
-3. Two detections whose masks are mostly one lesion are merged (the better
+4. Two detections whose masks are mostly one lesion are merged (the better
    score stays), and the list is sorted by score.
 
-The confidence reported is the detection score: the classifier's probability,
-trained on phantoms with known lesions (``models/lesion_heatmap``).
+The confidence reported is the ranker's probability (or the peak voxel
+probability without one), both trained on phantoms with known lesions
+(``models/lesion_ranker``, ``models/lesion_heatmap``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from sensecare.analysis.lesions import (
     segment_seeds,
 )
 from sensecare.analysis.measure import axial_diameters
+from sensecare.analysis.ranker import LesionRanker, describe
 from sensecare.dicom.volume import Volume
 
 __all__ = ["detect_lesions"]
@@ -52,7 +58,8 @@ VOLUME_FACTOR = 3.0
 GGO_MEAN_HU = -300.0
 
 
-def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Lesion]:  # type: ignore[no-untyped-def]
+def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ignore[no-untyped-def]
+                   ranker: LesionRanker | None = None) -> list[Lesion]:
     """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring)."""
     spacing = tuple(float(s) for s in volume.spacing)
     maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
@@ -61,14 +68,21 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Les
     probability = model.probability_map(maps)
     detections = detections_from(probability, maps, spacing,  # type: ignore[arg-type]
                                  threshold=model.threshold, min_volume_mm3=model.min_volume_mm3,
-                                 max_detections=model.max_detections)
+                                 max_detections=None if ranker else model.max_detections)
+    if ranker is None:
+        scores = [d.score for d in detections]
+    else:
+        ranked = ranker.score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
+        order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker.min_score][: ranker.max_findings]
+        detections = [detections[i] for i in order]
+        scores = [float(ranked[i]) for i in order]
     seeds = [
         Candidate(d.peak, max(d.radius_mm, 2.0), "heatmap", 0.0, 0.0, max(3.0 * d.radius_mm, 10.0), 0.0)
         for d in detections
     ]
     outlines = segment_seeds(volume, lungs.region, seeds, lungs=lungs.lungs)
     lesions = []
-    for detection, outline in zip(detections, outlines):
+    for detection, score, outline in zip(detections, scores, outlines):
         lesion = outline if outline is not None and _agrees(outline, detection, spacing) else None
         if lesion is None:
             lesion = _from_detection(detection, volume, lungs.region, spacing)
@@ -77,8 +91,9 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel) -> list[Les
         features = {**lesion.features, "classical_confidence": round(float(lesion.confidence), 4),
                     "heatmap_score": round(detection.score, 4),
                     "heatmap_radius_mm": round(detection.radius_mm, 2),
+                    "ranker_score": round(score, 4),
                     "classical_outline": 1.0 if lesion is outline else 0.0}
-        lesions.append(dataclasses.replace(lesion, confidence=detection.score, features=features))
+        lesions.append(dataclasses.replace(lesion, confidence=score, features=features))
     return merge_overlapping(lesions)
 
 

@@ -27,7 +27,7 @@ class CoarseGrid:
     @classmethod
     def for_spacing(cls, shape: tuple[int, ...], spacing_xyz: tuple[float, float, float], target_mm: float) -> CoarseGrid:
         sx, sy, sz = spacing_xyz
-        factors = tuple(max(1, int(round(target_mm / s))) for s in (sz, sy, sx))
+        factors = tuple(max(1, int(round(target_mm / s))) for s in (sz, sy, sx))  # noqa: RUF046 (numpy floats round to floats)
         return cls(factors, tuple(int(n) for n in shape))  # type: ignore[arg-type]
 
     @property

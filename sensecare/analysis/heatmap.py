@@ -34,17 +34,16 @@ multi-layer perceptron (MONAI ``FullyConnectedNet``) over the feature vector.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from sensecare.analysis.bundle import MlpBundle
 from sensecare.analysis.candidates import SOLID_HU, parenchyma_hu
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.morphology import upsample_repeat
-from sensecare.errors import ConfigurationError
 
 __all__ = [
     "FEATURE_NAMES",
@@ -59,6 +58,9 @@ __all__ = [
 GRID_MM = 2.0
 #: Probability from which a connected region is a detection of its own (see detections_from).
 STRONG_LEVEL = 0.5
+#: A strong region is split where its distance map has maxima this much (mm) above the saddle
+#: between them: two touching lesions are two findings, a nodule on a vessel stays one.
+SPLIT_DEPTH_MM = 2.0
 DENSITY_SCALES_MM = (1.0, 2.0, 4.0, 8.0, 12.0)
 TEXTURE_SCALES_MM = (2.0, 4.0)
 HESSIAN_SCALES_MM = (1.5, 3.0, 6.0, 10.0)
@@ -187,7 +189,10 @@ class HeatmapDetection:
 
     ``mask`` is on the fine (volume) grid, cropped to its box at ``offset``
     (z, y, x); ``peak`` is the fine index of the most probable voxel;
-    ``score`` the highest probability in the region.
+    ``score`` the highest probability in the region. ``coarse_mask`` is the
+    same half-maximum mask on the working grid at ``coarse_box`` (of
+    :attr:`FeatureMaps.inside`), and ``region_voxels`` the size of the whole
+    region there: what the second-stage ranker describes.
     """
 
     mask: np.ndarray
@@ -195,6 +200,10 @@ class HeatmapDetection:
     peak: tuple[int, int, int]
     score: float
     radius_mm: float
+    coarse_mask: np.ndarray
+    coarse_box: tuple[slice, slice, slice]
+    coarse_peak: tuple[int, int, int]
+    region_voxels: int
 
 
 def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tuple[float, float, float],
@@ -204,16 +213,17 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
 
     Strong detections are the connected regions at or above ``STRONG_LEVEL``; faint ones
     the regions at or above ``threshold`` that hold no strong voxel. (One low level alone
-    chains a nodule to the vessels and hilum around it on real CT.) Each region is scored
-    by its peak; its mask is the part at or above half that peak (the half-maximum
-    outline). Only the ``max_detections`` best are kept: each costs a segmentation.
+    chains a nodule to the vessels and hilum around it on real CT.) Strong regions made of
+    two touching blobs are split (``split_touching``). Each region is scored by its peak;
+    its mask is the part at or above half that peak (the half-maximum outline). Only the
+    ``max_detections`` best are kept.
     """
     grid = maps.grid
     gx, gy, gz = grid.spacing_xyz(spacing_xyz)
     voxel_mm3 = gx * gy * gz
     connectivity = np.ones((3, 3, 3), bool)
     strong_level = max(threshold, STRONG_LEVEL)
-    labels, n_strong = ndimage.label(probability >= strong_level, structure=connectivity)
+    labels, n_strong = split_touching(probability >= strong_level, (gz, gy, gx))
     weak, n_weak = ndimage.label(probability >= threshold, structure=connectivity)
     if n_weak:
         weak_peak = ndimage.maximum(probability, weak, index=np.arange(1, n_weak + 1))
@@ -231,8 +241,8 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
     sizes = ndimage.sum_labels(np.ones_like(probability), labels, index=np.arange(1, n + 1))
     boxes = ndimage.find_objects(labels)
     out = []
-    for number, (peak, score, size, box) in enumerate(zip(peaks, scores, sizes, boxes), start=1):
-        if size * voxel_mm3 < min_volume_mm3:
+    for number, (peak, score, region_size, box) in enumerate(zip(peaks, scores, sizes, boxes), start=1):
+        if region_size * voxel_mm3 < min_volume_mm3:
             continue
         coarse = (labels[box] == number) & (probability[box] >= max(threshold, 0.5 * float(score)))
         size = int(np.count_nonzero(coarse))
@@ -246,9 +256,44 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
             for p, f, n_fine, b in zip(peak, grid.factors, grid.fine_shape, maps.box)
         )
         radius = float((3.0 * size * voxel_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0))
-        out.append(HeatmapDetection(fine, offset, peak_fine, float(score), radius))  # type: ignore[arg-type]
+        out.append(HeatmapDetection(fine, offset, peak_fine, float(score), radius,  # type: ignore[arg-type]
+                                    coarse, box, tuple(int(p) for p in peak), int(region_size)))  # type: ignore[arg-type]
     out.sort(key=lambda d: -d.score)
     return out[:max_detections]
+
+
+def split_touching(mask: np.ndarray, zyx_mm: tuple[float, float, float]) -> tuple[np.ndarray, int]:
+    """Connected regions of ``mask``, each split along the necks of its distance map.
+
+    A marker-based watershed of the distance transform (markers: the maxima at
+    least ``SPLIT_DEPTH_MM`` above their surroundings) separates two round blobs
+    that touch, while a blob with a vessel running off it, or a tube, keeps one
+    marker and stays whole.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    connectivity = np.ones((3, 3, 3), bool)
+    labels, n = ndimage.label(mask, structure=connectivity)
+    if n == 0:
+        return labels, 0
+    out = np.zeros(mask.shape, dtype=np.int32)
+    count = 0
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        region = labels[box] == number
+        pieces = None
+        if min(s.stop - s.start for s in box) >= 3:
+            distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=zyx_mm)[1:-1, 1:-1, 1:-1]
+            markers, found = ndimage.label(h_maxima(distance, SPLIT_DEPTH_MM) & region, structure=connectivity)
+            if found > 1:
+                pieces = watershed(-distance, markers, mask=region)
+        if pieces is None:
+            out[box][region] = count + 1
+            count += 1
+        else:
+            out[box][region] = pieces[region] + count
+            count += int(pieces.max())
+    return out, count
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -258,53 +303,21 @@ class LesionHeatmapModel:
     """The bundle's voxel classifier on a torch device: feature rows in, lesion probability out."""
 
     def __init__(self, device, bundle: Path = DEFAULT_BUNDLE) -> None:  # type: ignore[no-untyped-def]
-        import torch
-        from monai.bundle import ConfigParser
-
-        weights = bundle / "models" / "model.pt"
-        if not weights.exists():
-            raise ConfigurationError(f"lesion heatmap weights are missing: {weights} (train with {bundle}/scripts/train.py)")
-        parser = ConfigParser()
-        parser.read_config(bundle / "configs" / "inference.json")
-        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-        own = metadata.get("sensecare", {})
-        used = tuple(own.get("features", ()))
-        unknown = [name for name in used if name not in FEATURE_NAMES]
-        if not used or unknown:
-            raise ConfigurationError(
-                f"{bundle} was trained on voxel features this code does not compute ({', '.join(unknown) or 'none listed'}); retrain it")
-        #: The model sees a subset of the computed features, in its own order.
-        self.columns = np.array([FEATURE_NAMES.index(name) for name in used])
-        self.name = metadata.get("name", bundle.name)
-        self.version = metadata.get("version", "0")
+        self.bundle = MlpBundle(bundle, FEATURE_NAMES, device, what="lesion heatmap")
+        own = self.bundle.settings
+        self.columns = self.bundle.columns
+        self.name = self.bundle.name
+        self.version = self.bundle.version
         self.threshold = float(own.get("detection_threshold", 0.5))
         self.min_volume_mm3 = float(own.get("min_volume_mm3", 16.0))
         self.max_detections = int(own.get("max_detections", 48))
-        self.mean = np.asarray(own["feature_mean"], dtype=np.float32)
-        self.std = np.asarray(own["feature_std"], dtype=np.float32)
-        self.device = device
-        parser["network_def"]["in_channels"] = len(used)
-        self.model = parser.get_parsed_content("network_def")
-        try:
-            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except RuntimeError as exc:  # shapes of another feature list or network
-            raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
-        self.model.to(device).eval()
 
-    def predict(self, features: np.ndarray, batch_rows: int = 1 << 18) -> np.ndarray:
-        """Probability per row of the model's own features (``self.columns`` of the computed ones)."""
-        import torch
-
-        out = np.empty(len(features), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(features), batch_rows):
-                rows = (features[start : start + batch_rows] - self.mean) / self.std
-                logits = self.model(torch.from_numpy(np.ascontiguousarray(rows)).to(self.device))
-                out[start : start + len(rows)] = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
-        return out
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Probability per row of the computed features (:data:`FEATURE_NAMES`)."""
+        return self.bundle.predict(features)
 
     def probability_map(self, maps: FeatureMaps) -> np.ndarray:
         """The probabilities back on the working grid (0 outside the region)."""
         probability = np.zeros(maps.inside.shape, dtype=np.float32)
-        probability[maps.inside] = self.predict(maps.features[:, self.columns])
+        probability[maps.inside] = self.predict(maps.features)
         return probability

@@ -67,6 +67,10 @@ MAX_TOPOLOGY_GRID_MM = 2.0
 #: Solid core smaller than this equivalent diameter (mm) inside ground glass is vessel or noise;
 #: one whose deep part is longer than this many radii is a vessel crossing it.
 CORE_MIN_DIAMETER_MM = 3.0
+#: A solid component near the seed whose surroundings are this much ground glass is the core of a
+#: part-solid lesion (searched within two seed radii, at least CORE_SEARCH_MM).
+ENCLOSED_SHARE = 0.85
+CORE_SEARCH_MM = 6.0
 CORE_MAX_AXIS_RATIO = 5.0
 #: Share of the filled outline that must be air (bronchi kept open) for consolidation.
 AIR_BRONCHOGRAM_SHARE = 0.02
@@ -454,15 +458,28 @@ def _outline(
 
     # Sub-solid outline on a smoother image: ground glass is textured and faint.
     soft = _smooth(filled, SUBSOLID_SMOOTHING_MM, zyx)
-    # Other solid structures (vessels) and their partial-volume halo are not ground glass.
-    others = _near(solid_all & ~solid, _halo_mm(zyx), zyx)
-    sub_all = ((soft >= background + SUBSOLID_CONTRAST_HU) & inside & ~others) | solid
     sub_open = max(opening, SUBSOLID_OPENING_MM)
-    sub = _component_at(_open(sub_all, sub_open, zyx), point, reach)
+    glass_level = (soft >= background + SUBSOLID_CONTRAST_HU) & inside
+
+    def subsolid_part(solid: np.ndarray) -> np.ndarray | None:
+        # Other solid structures (vessels) and their partial-volume halo are not ground glass.
+        others = _near(solid_all & ~solid, _halo_mm(zyx), zyx)
+        sub_all = (glass_level & ~others) | solid
+        sub = _component_at(_open(sub_all, sub_open, zyx), point, reach)
+        return None if sub is None else _reconstruct(sub, sub_all, sub_open, zyx) | solid
+
+    sub = subsolid_part(solid)
+    if sub is not None and not solid.any():
+        # Seeded in the ground glass beside a solid core: the core is the solid tissue the
+        # ground glass wraps, not a vessel to cut out.
+        core = _wrapped_core(solid_all, glass_level, point, max(2.0 * radius, CORE_SEARCH_MM), zyx)
+        if core.any():
+            solid = core
+            sub = subsolid_part(solid)
+    others = _near(solid_all & ~solid, _halo_mm(zyx), zyx)
     subsolid = False
     level = background + SUBSOLID_CONTRAST_HU
     if sub is not None:
-        sub = _reconstruct(sub, sub_all, sub_open, zyx) | solid
         # Ground glass is what lies beyond the partial-volume halo of the solid part.
         halo = _near(solid, _halo_mm(zyx), zyx)
         ggo = sub & ~halo
@@ -483,6 +500,28 @@ def _outline(
     core = _component_at(_open(solid & base, CORE_OPENING_MM, zyx), point, reach * 2)
     core = np.zeros(filled.shape, bool) if core is None else core
     return _Outline(base, solid, core, subsolid, opening, False, level)
+
+
+def _wrapped_core(solid_all: np.ndarray, glass: np.ndarray, point: tuple[int, ...], search_mm: float,
+                  zyx: tuple[float, float, float]) -> np.ndarray:
+    """Solid components within ``search_mm`` of ``point`` wrapped in ground glass: their
+    partial-volume halo is mostly (>= ENCLOSED_SHARE) at ground-glass level. A vessel runs on
+    out of the search box, or its halo fades into lung."""
+    halo = _halo_mm(zyx)
+    reach = [max(1, round(search_mm / s)) for s in zyx]
+    box = tuple(slice(max(0, p - r), p + r + 1) for p, r in zip(point, reach))
+    labels, _ = ndimage.label(solid_all)
+    out = np.zeros(solid_all.shape, bool)
+    numbers, counts = np.unique(labels[box], return_counts=True)
+    total = ndimage.sum_labels(np.ones(labels.shape, np.int32), labels, numbers)
+    for number, count, size in zip(numbers, counts, total):
+        if number == 0 or count < size:  # a vessel runs on beyond the search box
+            continue
+        component = labels == number
+        halo_ring = _near(component, halo, zyx) & ~component
+        if halo_ring.any() and float(glass[halo_ring].mean()) >= ENCLOSED_SHARE:
+            out |= component
+    return out
 
 
 def _half_contrast(

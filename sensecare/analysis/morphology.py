@@ -255,8 +255,8 @@ def _convex_polygon_rows(
     c = np.asarray(c, dtype=np.float64)
     if np.any(r % 1.0 != 0.5) or np.any(c % 1.0 != 0.5):
         return None
-    min_r, max_r = int(max(0, r.min())), min(shape[0] - 1, int(math.ceil(r.max())))
-    min_c, max_c = int(max(0, c.min())), min(shape[1] - 1, int(math.ceil(c.max())))
+    min_r, max_r = int(max(0, r.min())), min(shape[0] - 1, math.ceil(r.max()))
+    min_c, max_c = int(max(0, c.min())), min(shape[1] - 1, math.ceil(c.max()))
     if max_r < min_r or max_c < min_c:
         return (slice(0, 0), slice(0, 0), np.zeros((0, 0), dtype=bool))
     y = np.arange(min_r, max_r + 1, dtype=np.float64)[:, None]

@@ -161,7 +161,8 @@ def analyze_volume(
     lungs = segment_lungs(volume)
     clock.lap("lungs")
     heatmap = _heatmap_model(device)
-    found = detect_lesions(volume, lungs, heatmap)
+    ranker = _ranker_model(device)
+    found = detect_lesions(volume, lungs, heatmap, ranker)
     network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
     found = [lesion for lesion in found if lesion.confidence >= MIN_CONFIDENCE]
@@ -215,7 +216,7 @@ def analyze_volume(
     flags = flags_for(lesions, opacity.summary)
     report = AnalysisReport(
         sensecare_version=__version__,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         series=_series_info(volume, slices),
         lungs=LungVolumes(
             right_ml=round(lungs.right_volume_ml, 1),
@@ -228,7 +229,7 @@ def analyze_volume(
         flags=flags,
         urgency=urgency_for(flags),
         timing_s={},
-        models=_models(heatmap, network),
+        models=_models(heatmap, ranker, network),
         device=device,
         outputs=outputs,
     )
@@ -349,9 +350,10 @@ def _series_info(volume: Volume, slices: Sequence[Dataset]) -> SeriesInfo:
     )
 
 
-def _models(heatmap, network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
+def _models(heatmap, ranker, network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
     return [
         ModelInfo(name=heatmap.name, version=heatmap.version, kind="MONAI FullyConnectedNet: lesion voxel classifier (detection)"),
+        ModelInfo(name=ranker.name, version=ranker.version, kind="MONAI FullyConnectedNet: detection false-positive reduction"),
         ModelInfo(name=network.name, version=network.version, kind="MONAI SegResNet: candidate false-positive reduction"),
         ModelInfo(name="sensecare-lungs", version=__version__, kind="lung segmentation (classical)"),
         ModelInfo(name="sensecare-lesions", version=__version__, kind="lesion segmentation and type (classical)"),
@@ -367,6 +369,16 @@ def _heatmap_model(device: str):  # type: ignore[no-untyped-def]
     from sensecare.analysis.heatmap import LesionHeatmapModel
 
     return LesionHeatmapModel(torch.device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _ranker_model(device: str):  # type: ignore[no-untyped-def]
+    """The detection ranker, loaded once per device and process."""
+    import torch
+
+    from sensecare.analysis.ranker import LesionRanker
+
+    return LesionRanker(torch.device(device))
 
 
 @functools.lru_cache(maxsize=4)
