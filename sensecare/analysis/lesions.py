@@ -506,21 +506,27 @@ def _wrapped_core(solid_all: np.ndarray, glass: np.ndarray, point: tuple[int, ..
                   zyx: tuple[float, float, float]) -> np.ndarray:
     """Solid components within ``search_mm`` of ``point`` wrapped in ground glass: their
     partial-volume halo is mostly (>= ENCLOSED_SHARE) at ground-glass level. A vessel runs on
-    out of the search box, or its halo fades into lung."""
+    out of the window, or its halo fades into lung."""
     halo = _halo_mm(zyx)
+    halo_reach = [int(np.ceil(h / s)) + 1 for h, s in zip(halo, zyx)]
     reach = [max(1, round(search_mm / s)) for s in zyx]
     box = tuple(slice(max(0, p - r), p + r + 1) for p, r in zip(point, reach))
     labels, _ = ndimage.label(solid_all)
     out = np.zeros(solid_all.shape, bool)
-    numbers, counts = np.unique(labels[box], return_counts=True)
-    total = ndimage.sum_labels(np.ones(labels.shape, np.int32), labels, numbers)
-    for number, count, size in zip(numbers, counts, total):
-        if number == 0 or count < size:  # a vessel runs on beyond the search box
+    boxes = ndimage.find_objects(labels)
+    for number in np.unique(labels[box]):
+        if number == 0:
             continue
-        component = labels == number
-        halo_ring = _near(component, halo, zyx) & ~component
-        if halo_ring.any() and float(glass[halo_ring].mean()) >= ENCLOSED_SHARE:
-            out |= component
+        extent = boxes[number - 1]
+        if any(e.start == 0 or e.stop == n for e, n in zip(extent, labels.shape)):
+            continue  # runs on out of the window: a vessel
+        component = labels[extent] == number
+        local = tuple(slice(max(0, e.start - r), e.stop + r) for e, r in zip(extent, halo_reach))
+        part = np.zeros(solid_all[local].shape, bool)
+        part[tuple(slice(e.start - l.start, e.stop - l.start) for e, l in zip(extent, local))] = component
+        halo_ring = _near(part, halo, zyx) & ~part
+        if halo_ring.any() and float(glass[local][halo_ring].mean()) >= ENCLOSED_SHARE:
+            out[local] |= part
     return out
 
 

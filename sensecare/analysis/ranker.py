@@ -7,9 +7,9 @@ a whole. The ranker looks at each detection as a whole: its probability
 profile, size and shape on the working grid, and the voxel features at its
 peak and averaged over its half-maximum mask, and gives the probability that
 the detection is a lesion (``models/lesion_ranker``, trained on the detections
-of phantoms the voxel classifier never saw). That probability is the finding's
-confidence; it also picks which detections are worth a full-resolution
-segmentation.
+of phantoms the voxel classifier never saw). It picks which detections are
+worth a full-resolution segmentation, and with the peak probability it makes
+the finding's confidence (:func:`sensecare.analysis.detect.confidence_of`).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class LesionRanker:
         self.name = self.bundle.name
         self.version = self.bundle.version
         #: Detections scoring below this are dropped before segmentation.
-        self.min_score = float(own.get("min_score", 0.05))
+        self.min_score = float(own.get("min_score", 0.002))
         #: At most this many detections are segmented (best first): each costs a segmentation.
         self.max_findings = int(own.get("max_findings", 48))
 

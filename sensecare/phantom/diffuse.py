@@ -6,6 +6,12 @@ paving and some consolidation in the denser patches.  We draw it as a
 smooth random field biased towards the pleura, the dependent lung and the
 bases, thresholded so that the requested fraction of lung volume is
 involved; the densest fifth of the involved volume becomes consolidation.
+
+The disease fades in over a margin (``RAMP`` of the field). What counts as
+involved in the ground truth is where it has reached at least half its full
+density: the visible edge, as for lesion masks. (Counting the whole margin made
+the truth include lung whose HU had risen by a few units, which no reader or
+method can see; PO on diffuse phantoms then read about 6 points low.)
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ __all__ = ["Diffuse", "plan_diffuse"]
 
 #: Highest HU still counted as ground glass (Chaganti et al. 2020: high opacity is >= -200 HU).
 HIGH_OPACITY_HU = -200.0
+#: The disease reaches full density over this much of the involvement field past its threshold;
+#: it counts as involved from half of it (the half-maximum edge).
+RAMP = 0.25
+VISIBLE_SHARE = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,16 +64,17 @@ class Diffuse:
     def apply(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Parenchyma HU with opacity added, and the opacity class (0 none, 1 ground glass, 2 high)."""
         w = self._sample(xs, ys, zs)
-        involved = w > self.threshold
-        if not involved.any():
+        if not (w > self.threshold).any():
             return base, np.zeros(base.shape, np.uint8)
-        t = np.clip((w - self.threshold) / 0.25, 0.0, 1.0)
+        t = np.clip((w - self.threshold) / RAMP, 0.0, 1.0)
+        ramp = t * t * (3 - 2 * t)
+        involved = ramp >= VISIBLE_SHARE
         ggo = self.ggo_hu + 45.0 * self.texture.sample_grid(xs, ys, zs)
         if self.paving > 0:
             lines = np.exp(-((self.reticular.sample_grid(xs, ys, zs) / 0.12) ** 2))
             ggo = ggo + self.paving * 140.0 * lines
         disease = ggo + (25.0 - ggo) * np.clip((w - self.dense) / 0.1, 0.0, 1.0)
-        out = base + (disease - base) * (t * t * (3 - 2 * t))
+        out = base + (disease - base) * ramp
         cls = np.where(involved, np.where(disease >= HIGH_OPACITY_HU, 2, 1), 0).astype(np.uint8)
         return out.astype(np.float32), cls
 
@@ -87,11 +98,12 @@ def plan_diffuse(fraction: float, model: LungModel, rng: np.random.Generator) ->
     weight = (base + 1.6 * periphery + 0.6 * posterior + 0.5 * basal).astype(np.float32)
     weight = ndi.gaussian_filter(weight, 0.6)
     vals = weight[lung]
-    threshold = float(np.quantile(vals, 1.0 - fraction))
-    involved = vals[vals > threshold]
-    dense = float(np.quantile(involved, 0.8)) if involved.size else threshold + 1.0
+    visible = float(np.quantile(vals, 1.0 - fraction))  # where the disease is half dense
+    threshold = visible - VISIBLE_SHARE * RAMP  # the smoothstep is 1/2 half way up its ramp
+    involved = vals[vals > visible]
+    dense = float(np.quantile(involved, 0.8)) if involved.size else visible + 1.0
     return Diffuse(
-        model=model, weight=weight, threshold=threshold, dense=max(dense, threshold + 0.15),
+        model=model, weight=weight, threshold=threshold, dense=max(dense, visible + 0.15),
         ggo_hu=float(rng.uniform(-640, -560)), paving=float(rng.uniform(0.0, 1.0)),
         texture=SmoothField(lo, hi, 2.0, rng), reticular=SmoothField(lo, hi, 3.0, rng),
     )

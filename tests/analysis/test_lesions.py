@@ -452,3 +452,27 @@ def test_lung_dx_top_lesion_is_the_boxed_adenocarcinoma(chest_ct: Path, kernel: 
     # Plausible: a tumour boxed 40-80 mm across per slice is neither a nodule nor bigger than its box.
     assert 10.0 <= m.volume_ml <= box_ml
     assert m.long_axis_mm > 30.0
+
+
+def test_a_part_solid_nodule_seeded_in_its_ground_glass_keeps_its_core() -> None:
+    """The detector's peak often lies in the ground glass beside the core; the core is lesion, not
+    a vessel to cut out (before: this outline lost the core and three quarters of the volume)."""
+    from sensecare.analysis.candidates import Candidate
+    from sensecare.analysis.lesions import segment_seeds
+
+    spacing = (0.8, 0.8, 1.25)
+    shape = (80, 150, 180)
+    centre = (50.0, 60.0, 70.0)
+    glass = sphere("glass", centre, 10.0, -600.0)
+    core = sphere("core", centre, 3.5, 30.0)
+    hu = render(shape, spacing, [glass, core, tube("v", (10, 100, 20), (110, 100, 160), 1.5, TISSUE_HU)], seed=5)
+    vol = make_volume(hu, spacing)
+    region = region_of(shape, spacing)
+    point = (round(centre[0] / 1.25), round(centre[1] / 0.8), round((centre[2] + 8.0) / 0.8))  # 8 mm off, in glass
+    (lesion,) = segment_seeds(vol, region, [Candidate(point, 7.0, "heatmap", 0.0, 0.0, 21.0, 0.0)])
+    assert lesion is not None
+    assert lesion.type is LesionType.PART_SOLID
+    m = measure_lesion(vol, lesion.mask, lesion.offset)
+    assert m.volume_ml == pytest.approx(4.0 / 3.0 * math.pi * 10.0**3 / 1000.0, rel=0.15)
+    core_index = (round(centre[0] / 1.25), round(centre[1] / 0.8), round(centre[2] / 0.8))
+    assert lesion.mask[tuple(c - o for c, o in zip(core_index, lesion.offset))]

@@ -133,7 +133,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=REPO / "var" / "heatmap-cache-v3")
+    parser.add_argument("--cache", type=Path, default=REPO / "var" / "heatmap-cache-v2")
     parser.add_argument("--jobs", type=int, default=1, help="phantoms made in parallel")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--train-phantoms", type=int, help="use only the first N training seeds")
