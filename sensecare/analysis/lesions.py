@@ -67,11 +67,11 @@ MAX_TOPOLOGY_GRID_MM = 2.0
 #: Solid core smaller than this equivalent diameter (mm) inside ground glass is vessel or noise;
 #: one whose deep part is longer than this many radii is a vessel crossing it.
 CORE_MIN_DIAMETER_MM = 3.0
+CORE_MAX_AXIS_RATIO = 5.0
 #: A solid component near the seed whose surroundings are this much ground glass is the core of a
 #: part-solid lesion (searched within two seed radii, at least CORE_SEARCH_MM).
 ENCLOSED_SHARE = 0.85
 CORE_SEARCH_MM = 6.0
-CORE_MAX_AXIS_RATIO = 5.0
 #: Share of the filled outline that must be air (bronchi kept open) for consolidation.
 AIR_BRONCHOGRAM_SHARE = 0.02
 #: A solid lesion with a long axis above this (mm) is a mass.
