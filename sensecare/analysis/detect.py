@@ -103,10 +103,11 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
 def confidence_of(peak_probability: float, ranker_probability: float) -> float:
     """The finding's confidence: the geometric mean of the voxel classifier's peak and the ranker.
 
-    Neither alone ranked best on development phantoms (seeds 3950-3969: CPM 0.56 for the peak,
-    0.52 for the ranker, 0.57 for their geometric mean): the peak saturates near 1.0 on vessel
-    junctions, and the ranker's probabilities are small for every finding (lesions are rare among
-    detections), so alone they fall below the reporting threshold.
+    Neither alone ranked best when this was chosen (development phantoms 3950-3969, with a voxel
+    classifier retrained that day: CPM 0.56 for the peak, 0.52 for the ranker, 0.57 for their
+    geometric mean): the peak saturates near 1.0 on vessel junctions, and the ranker's
+    probabilities are small for every finding (lesions are rare among detections), so alone many
+    fall below the reporting threshold.
     """
     return float(np.sqrt(max(peak_probability, 0.0) * max(ranker_probability, 0.0)))
 

@@ -208,3 +208,24 @@ def test_flags_and_urgency(lesions, po, flags, urgency) -> None:  # type: ignore
     got = flags_for(lesions, _opacity(po))
     assert got == flags
     assert urgency_for(got) is urgency
+
+
+def test_a_blurred_ground_glass_patch_is_measured_to_its_half_density_edge(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Viral-pneumonia ground glass fades into the lung; its extent is where it is half dense."""
+    from scipy import ndimage
+
+    import sensecare.analysis.opacity as opacity
+
+    hu, lungs = _lungs()
+    region = lungs > 0
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    ball = (((x - 45) / 14.0) ** 2 + ((y - 60) / 14.0) ** 2 + ((z - 30) / 7.0) ** 2 <= 1) & region
+    density = ndimage.gaussian_filter(ball.astype(np.float32), (1.5, 3.0, 3.0))  # a ~3 mm blurred margin
+    hu = hu + (-620.0 + 860.0) * density
+    truth = 100.0 * np.count_nonzero(density >= 0.5) / region.sum()
+    followed = measure_opacity(hu, SPACING, lungs, region).summary.percent_opacity
+    monkeypatch.setattr(opacity, "EDGE_HU", opacity.OPACITY_HU)  # no margin to follow
+    cut_at_700 = measure_opacity(hu, SPACING, lungs, region).summary.percent_opacity
+    assert cut_at_700 < followed
+    assert abs(followed - truth) < abs(cut_at_700 - truth)
+    assert followed == pytest.approx(truth, rel=0.15)
