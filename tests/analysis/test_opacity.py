@@ -214,7 +214,7 @@ def test_a_blurred_ground_glass_patch_is_measured_to_its_half_density_edge(monke
     """Viral-pneumonia ground glass fades into the lung; its extent is where it is half dense."""
     from scipy import ndimage
 
-    import sensecare.analysis.opacity as opacity
+    from sensecare.analysis import opacity
 
     hu, lungs = _lungs()
     region = lungs > 0
