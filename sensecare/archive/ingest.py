@@ -169,7 +169,7 @@ def _scan(head: bytes) -> _Elements:
     fp = io.BytesIO(head)
     read_preamble(fp, force=False)  # raises without the DICM prefix
     meta: dict[int, Any] = {}
-    for element in data_element_generator(fp, False, True, stop_when=_past_group_2):
+    for element in data_element_generator(fp, False, True, stop_when=_past_group_2_or_refused):
         meta[int(element.tag)] = element
     syntax_element = meta.get(_TRANSFER_SYNTAX)
     syntax = UID(_decode_ascii(syntax_element.value) if syntax_element is not None and syntax_element.value else "")
@@ -191,8 +191,12 @@ def _scan(head: bytes) -> _Elements:
     return _Elements(found, meta)
 
 
-def _past_group_2(tag: int, _vr: str | None, _length: int) -> bool:
-    return (tag >> 16) != 0x0002
+def _past_group_2_or_refused(tag: int, vr: str | None, length: int) -> bool:
+    """Stop after the file meta group; inside it, refuse an unknown VR (PS3.10: the group is
+    always explicit VR little endian; pydicom would re-read such a file as implicit and fail)."""
+    if (tag >> 16) != 0x0002:
+        return True
+    return _refuse_unknown_vr(tag, vr, length)
 
 
 def _refuse_unknown_vr(tag: int, vr: str | None, _length: int) -> bool:

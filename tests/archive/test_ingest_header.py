@@ -78,3 +78,18 @@ def test_a_prefix_that_ends_before_pixel_data_defers_to_the_file() -> None:
     ds = make_ct_series(n_slices=1, rows=16, cols=16, shuffle=False)[0]
     data = _encode(ds, ExplicitVRLittleEndian)
     assert parse_upload(data[:300], len(data)) is None
+
+
+def test_a_file_meta_element_with_a_broken_vr_is_refused(tmp_path: Path) -> None:
+    """Found by the STOW fuzzer: accepted, then unreadable by pydicom (it re-reads the group as
+    implicit VR). The file meta group is always explicit VR, so a broken VR there is a reject."""
+    ds = make_ct_series(n_slices=1, rows=16, cols=16, shuffle=False)[0]
+    data = bytearray(_encode(ds, ExplicitVRLittleEndian))
+    index = data.find(b"\x02\x00\x00\x00UL")  # (0002,0000) File Meta Information Group Length
+    data[index + 5] = ord("y")  # the fuzzer's case: VR "Uy"
+    rejected = parse_upload(bytes(data), len(data))
+    assert isinstance(rejected, InstanceRejected) and "unknown VR" in str(rejected)
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InstanceRejected):
+        read_header(path)
