@@ -122,15 +122,6 @@ def load(seeds: list[int], cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.concatenate(feats), np.concatenate(labels), np.concatenate(lesion), np.concatenate(case)
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    pos = labels == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / max(1, n_pos * n_neg))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=REPO / "var" / "heatmap-cache-v2")
@@ -143,6 +134,7 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
+    from sensecare.analysis.bundle_training import auc, fit_binary
     from sensecare.analysis.heatmap import FEATURE_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
@@ -173,29 +165,13 @@ def main() -> None:
     config["network_def"]["in_channels"] = len(used)
     model = config.get_parsed_content("network_def")
     iterations = args.iterations or recipe["iterations"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=iterations)
-    xt = torch.from_numpy((x_train - mean) / std)
-    yt = torch.from_numpy(y_train.astype(np.float32))
-    pos_weight = torch.tensor(float(recipe.get("positive_weight", 1.0)))
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    generator = torch.Generator().manual_seed(recipe["torch_seed"])
-    trained = time.perf_counter()
-    model.train()
-    for step in range(1, iterations + 1):
-        batch = torch.randint(0, len(yt), (recipe["batch_rows"],), generator=generator)
-        loss = loss_fn(model(xt[batch])[:, 0], yt[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 500 == 0 or step == iterations:
-            log(f"step {step}/{iterations}: loss {loss.item():.4f}")
-    train_s = time.perf_counter() - trained
-    model.eval()
+    rows = (x_train - mean) / std
+    train_s = fit_binary(model, rows, y_train, iterations=iterations, batch_rows=recipe["batch_rows"],
+                         learning_rate=recipe["learning_rate"], weight_decay=recipe["weight_decay"],
+                         seed=recipe["torch_seed"], positive_weight=float(recipe.get("positive_weight", 1.0)), log=log)
     with torch.inference_mode():
         p_val = torch.sigmoid(model(torch.from_numpy((x_val - mean) / std))[:, 0]).numpy()
-        p_train = torch.sigmoid(model(xt[:200_000])[:, 0]).numpy()
+        p_train = torch.sigmoid(model(torch.from_numpy(rows[:200_000]))[:, 0]).numpy()
 
     threshold = 0.5
     found = []

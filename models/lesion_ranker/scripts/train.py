@@ -125,15 +125,6 @@ def load(seeds: list[int], cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    pos = labels == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / max(1, n_pos * n_neg))
-
-
 def sensitivities(scores: np.ndarray, data: dict[str, np.ndarray], min_diameter_mm: float = 5.0) -> list[float]:
     """Share of lesions (>= min diameter) with a detection scoring above the level of k FPs per scan."""
     scans = len(np.unique(data["truth"][:, 0]))
@@ -162,6 +153,7 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
+    from sensecare.analysis.bundle_training import auc, fit_binary
     from sensecare.analysis.ranker import DESCRIPTOR_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
@@ -192,25 +184,9 @@ def main() -> None:
     config["network_def"]["in_channels"] = len(used)
     model = config.get_parsed_content("network_def")
     iterations = args.iterations or recipe["iterations"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=iterations)
-    xt = torch.from_numpy((x_train - mean) / std)
-    yt = torch.from_numpy(y_train)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(recipe["torch_seed"])
-    trained = time.perf_counter()
-    model.train()
-    for step in range(1, iterations + 1):
-        batch = torch.randint(0, len(yt), (recipe["batch_rows"],), generator=generator)
-        loss = loss_fn(model(xt[batch])[:, 0], yt[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 500 == 0 or step == iterations:
-            log(f"step {step}/{iterations}: loss {loss.item():.4f}")
-    train_s = time.perf_counter() - trained
-    model.eval()
+    train_s = fit_binary(model, (x_train - mean) / std, y_train, iterations=iterations,
+                         batch_rows=recipe["batch_rows"], learning_rate=recipe["learning_rate"],
+                         weight_decay=recipe["weight_decay"], seed=recipe["torch_seed"], log=log)
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -266,8 +242,8 @@ def main() -> None:
         "features": used,
         "feature_mean": [round(float(v), 6) for v in mean],
         "feature_std": [round(float(v), 6) for v in std],
-        "min_score": recipe.get("min_score", 0.05),
-        "max_findings": recipe.get("max_findings", 48),
+        "min_score": recipe["min_score"],
+        "max_findings": recipe["max_findings"],
     })
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
     log(f"wrote {BUNDLE / 'models' / 'model.pt'} and {metadata_path}")
