@@ -65,9 +65,22 @@ def normalise(hu: np.ndarray) -> np.ndarray:
 
 
 def extract_patch(hu: np.ndarray, spacing_xyz: tuple[float, float, float], geometry: PatchGeometry) -> np.ndarray:
-    """The normalised CT patch (P, P, P), air outside the volume."""
+    """The normalised CT patch (P, P, P), air outside the volume.
+
+    Interpolates from the patch's own footprint (one voxel of margin for the
+    linear interpolation), not the whole volume: converting a 512x512x300
+    series to float for each of 48 patches took 5 s. The footprint's edges are
+    the volume's wherever samples fall outside it, so the values are the same.
+    """
     coords = geometry.sample_coordinates(spacing_xyz)
-    values = ndimage.map_coordinates(hu.astype(np.float32, copy=False), coords, order=1, mode="constant", cval=-1000.0)
+    flat = coords.reshape(3, -1)
+    low = np.clip(np.floor(flat.min(axis=1)).astype(int) - 1, 0, np.array(hu.shape))
+    high = np.clip(np.ceil(flat.max(axis=1)).astype(int) + 2, 0, np.array(hu.shape))
+    if np.any(high <= low):  # the patch lies wholly outside the volume
+        return normalise(np.full(coords.shape[1:], -1000.0, dtype=np.float32))
+    window = hu[tuple(slice(a, b) for a, b in zip(low, high))].astype(np.float32)
+    local = coords - low.reshape(3, 1, 1, 1).astype(np.float32)
+    values = ndimage.map_coordinates(window, local, order=1, mode="constant", cval=-1000.0)
     return normalise(values)
 
 

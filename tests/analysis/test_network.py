@@ -57,6 +57,21 @@ def test_patches_outside_the_volume_read_as_air() -> None:
     assert patch.max() == pytest.approx(normalise(np.array(0.0)))
 
 
+@pytest.mark.parametrize(("centre", "extent_mm"), [
+    ((30.0, 40.0, 35.0), 20.0), ((0.0, 0.0, 0.0), 40.0), ((59.0, 79.0, 69.0), 100.0),
+    ((-30.0, -30.0, -30.0), 10.0), ((30.0, 40.0, 35.0), 300.0), ((10.3, 70.7, 3.2), 33.0),
+])
+def test_a_patch_cut_from_its_footprint_equals_one_sampled_from_the_whole_volume(centre, extent_mm) -> None:  # type: ignore[no-untyped-def]
+    from scipy import ndimage
+
+    hu = np.random.default_rng(0).integers(-1000, 400, (60, 80, 70)).astype(np.int16)
+    spacing = (0.7, 0.7, 1.25)
+    geometry = PatchGeometry.around(centre, extent_mm)
+    whole = ndimage.map_coordinates(hu.astype(np.float32), geometry.sample_coordinates(spacing), order=1,
+                                    mode="constant", cval=-1000.0)
+    np.testing.assert_array_equal(extract_patch(hu, spacing, geometry), normalise(whole))
+
+
 def test_device_choice() -> None:
     assert str(resolve_device("cpu")) == "cpu"
     import torch
