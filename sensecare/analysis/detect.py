@@ -60,8 +60,14 @@ GGO_MEAN_HU = -300.0
 
 
 def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ignore[no-untyped-def]
-                   ranker: LesionRanker | None = None) -> list[Lesion]:
-    """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring)."""
+                   ranker: LesionRanker | None = None, *, min_confidence: float = 0.0) -> list[Lesion]:
+    """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring).
+
+    Detections whose confidence is below ``min_confidence`` are not segmented at all (the
+    pipeline would not report them): a finding's confidence is known before its outline,
+    each seed is segmented on its own, and merging only ever drops the less confident of two
+    findings, so the findings at or above it are the same either way.
+    """
     spacing = tuple(float(s) for s in volume.spacing)
     maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
     if maps is None:
@@ -79,6 +85,10 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
         detections = [detections[i] for i in order]
         ranker_scores = [float(ranked[i]) for i in order]
         scores = [confidence_of(d.score, r) for d, r in zip(detections, ranker_scores)]
+    wanted = [i for i, score in enumerate(scores) if score >= min_confidence]
+    detections = [detections[i] for i in wanted]
+    scores = [scores[i] for i in wanted]
+    ranker_scores = [ranker_scores[i] for i in wanted]
     seeds = [
         Candidate(d.peak, max(d.radius_mm, 2.0), "heatmap", 0.0, 0.0, max(3.0 * d.radius_mm, 10.0), 0.0)
         for d in detections

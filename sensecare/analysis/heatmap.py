@@ -34,6 +34,9 @@ multi-layer perceptron (MONAI ``FullyConnectedNet``) over the feature vector.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,7 @@ __all__ = [
     "LesionHeatmapModel",
     "detections_from",
     "voxel_features",
+    "working_image",
 ]
 
 GRID_MM = 2.0
@@ -70,6 +74,8 @@ GGO_CONTRAST_HU = 100.0
 GGO_MAX_HU = -300.0
 BORDER_CAP_MM = 30.0
 DEPTH_CAP_MM = 20.0
+#: Threads for the feature filters: the CPUs this process may use, at most four.
+FILTER_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"density_{s:g}mm" for s in DENSITY_SCALES_MM),
@@ -102,6 +108,9 @@ class FeatureMaps:
         The region's bounding box in the volume (fine indices).
     background_hu : float
         Parenchyma HU every density is relative to.
+    image : numpy.ndarray or None
+        float32, working-grid shape: HU minus ``background_hu`` (outside the
+        region filled with the background, so 0): what the dense network reads.
     """
 
     features: np.ndarray
@@ -109,11 +118,75 @@ class FeatureMaps:
     grid: CoarseGrid
     box: tuple[slice, slice, slice]
     background_hu: float
+    image: np.ndarray | None = None
 
 
 def voxel_features(hu: np.ndarray, region: np.ndarray, spacing_xyz: tuple[float, float, float],
                    aerated: np.ndarray | None = None) -> FeatureMaps | None:
     """The feature rows of every region voxel on a ~``GRID_MM`` grid (``None`` for an empty region)."""
+    working = working_image(hu, region, spacing_xyz, aerated)
+    if working is None:
+        return None
+    image, inside, grid, box, background = working
+    gx, gy, gz = grid.spacing_xyz(spacing_xyz)
+    zyx = (gz, gy, gx)
+    rows = np.nonzero(inside)
+
+    def sigma(mm: float) -> list[float]:
+        return [mm / s if mm / s >= 0.3 else 0.0 for s in zyx]
+
+    def smoothed(array: np.ndarray, mm: float, mode: str = "nearest") -> Callable[[], np.ndarray]:
+        return lambda: ndimage.gaussian_filter(array, sigma(mm), mode=mode)[rows]
+
+    solid = (image >= SOLID_HU - background).astype(np.float32)
+    ggo = ((image >= GGO_CONTRAST_HU) & (image < GGO_MAX_HU - background)).astype(np.float32)
+    region_share = inside.astype(np.float32)
+    square = image * image
+    # Every filter below is independent of the others: they run on a thread pool (scipy.ndimage
+    # releases the GIL), each keeping only the region's rows of its output.
+    jobs: dict[str, Callable[[], np.ndarray]] = {}
+    for s in DENSITY_SCALES_MM:
+        jobs[f"density_{s}"] = smoothed(image, s)
+    for s in TEXTURE_SCALES_MM:
+        jobs[f"square_{s}"] = smoothed(square, s)
+    for s in HESSIAN_SCALES_MM:
+        for a, b in _HESSIAN_PAIRS:
+            jobs[f"hessian_{s}_{a}{b}"] = _hessian_term(image, s, zyx, rows, a, b)
+    for name, share in (("solid", solid), ("ggo", ggo)):
+        for s in SHARE_SCALES_MM:
+            jobs[f"{name}_{s}"] = smoothed(share, s)
+    for s in REGION_SCALES_MM:
+        jobs[f"region_{s}"] = smoothed(region_share, s, "constant")
+    jobs["depth"] = lambda: ndimage.distance_transform_edt(solid > 0, sampling=zyx)[rows]
+    jobs["border"] = lambda: ndimage.distance_transform_edt(np.pad(inside, 1), sampling=zyx)[1:-1, 1:-1, 1:-1][rows]
+    done = dict(zip(jobs, run_in_threads(list(jobs.values()))))
+
+    columns: list[np.ndarray] = [done[f"density_{s}"] / 100.0 for s in DENSITY_SCALES_MM]
+    for s in TEXTURE_SCALES_MM:
+        mean = done[f"density_{s}"]
+        columns.append(np.sqrt(np.maximum(done[f"square_{s}"] - mean * mean, 0.0)) / 100.0)
+    for s in HESSIAN_SCALES_MM:
+        columns += _hessian_invariants({(a, b): done[f"hessian_{s}_{a}{b}"] for a, b in _HESSIAN_PAIRS})
+    columns += [done[f"{name}_{s}"] for name in ("solid", "ggo") for s in SHARE_SCALES_MM]
+    columns += [done[f"region_{s}"] for s in REGION_SCALES_MM]
+    columns.append(np.minimum(done["depth"], DEPTH_CAP_MM) / 10.0)
+    columns.append(np.minimum(done["border"], BORDER_CAP_MM) / 10.0)
+    columns.append(np.full(rows[0].shape, gz / 5.0, dtype=np.float32))
+    features = np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    return FeatureMaps(features=features, inside=inside, grid=grid, box=box, background_hu=background, image=image)
+
+
+def working_image(hu: np.ndarray, region: np.ndarray, spacing_xyz: tuple[float, float, float],
+                  aerated: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, CoarseGrid, tuple[slice, slice, slice], float] | None:
+    """The region's CT on the ~``GRID_MM`` working grid, relative to the parenchyma.
+
+    Returns ``(image, inside, grid, box, background_hu)``: block-mean HU minus
+    the parenchyma HU (voxels outside the region count as parenchyma, so the
+    chest wall and mediastinum read 0), the working-grid voxels at least half
+    inside the region, the block factors, the region's bounding box in the
+    volume and the parenchyma HU; ``None`` for an empty region.
+    """
     found = ndimage.find_objects(region.astype(np.uint8))
     if not found or found[0] is None:
         return None
@@ -126,58 +199,46 @@ def voxel_features(hu: np.ndarray, region: np.ndarray, spacing_xyz: tuple[float,
     grid = CoarseGrid.for_spacing(filled.shape, spacing_xyz, GRID_MM)
     image = grid.mean(filled) - np.float32(background)
     inside = grid.fraction(inside_fine) >= 0.5
-    gx, gy, gz = grid.spacing_xyz(spacing_xyz)
-    zyx = (gz, gy, gx)
-    rows = np.nonzero(inside)
-
-    columns: list[np.ndarray] = []
-
-    def sigma(mm: float) -> list[float]:
-        return [mm / s if mm / s >= 0.3 else 0.0 for s in zyx]
-
-    for s in DENSITY_SCALES_MM:
-        columns.append(ndimage.gaussian_filter(image, sigma(s), mode="nearest")[rows] / 100.0)
-    for s in TEXTURE_SCALES_MM:
-        mean = ndimage.gaussian_filter(image, sigma(s), mode="nearest")
-        square = ndimage.gaussian_filter(image * image, sigma(s), mode="nearest")
-        columns.append(np.sqrt(np.maximum(square - mean * mean, 0.0))[rows] / 100.0)
-    for s in HESSIAN_SCALES_MM:
-        columns += _hessian_invariants(image, s, zyx, rows)
-    solid = (image >= SOLID_HU - background).astype(np.float32)
-    ggo = ((image >= GGO_CONTRAST_HU) & (image < GGO_MAX_HU - background)).astype(np.float32)
-    for share in (solid, ggo):
-        for s in SHARE_SCALES_MM:
-            columns.append(ndimage.gaussian_filter(share, sigma(s), mode="nearest")[rows])
-    for s in REGION_SCALES_MM:
-        columns.append(ndimage.gaussian_filter(inside.astype(np.float32), sigma(s), mode="constant")[rows])
-    depth = ndimage.distance_transform_edt(solid > 0, sampling=zyx)
-    columns.append(np.minimum(depth[rows], DEPTH_CAP_MM) / 10.0)
-    border = ndimage.distance_transform_edt(np.pad(inside, 1), sampling=zyx)[1:-1, 1:-1, 1:-1]
-    columns.append(np.minimum(border[rows], BORDER_CAP_MM) / 10.0)
-    columns.append(np.full(rows[0].shape, gz / 5.0, dtype=np.float32))
-    features = np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
-    return FeatureMaps(features=features, inside=inside, grid=grid, box=box, background_hu=background)
+    return image, inside, grid, box, background  # type: ignore[return-value]
 
 
-def _hessian_invariants(image: np.ndarray, scale_mm: float, zyx: tuple[float, float, float],
-                        rows: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    """Trace, sum of principal minors and determinant of the scale-normalised Hessian (HU/100)."""
+_HESSIAN_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+
+
+def _hessian_term(image: np.ndarray, scale_mm: float, zyx: tuple[float, float, float],
+                  rows: tuple[np.ndarray, ...], a: int, b: int) -> Callable[[], np.ndarray]:
+    """One second derivative (axes ``a``, ``b``) of the scale-normalised Hessian at the rows (HU/100)."""
     sig = [max(scale_mm / s, 0.5) for s in zyx]
     norm = [g * s for g, s in zip(sig, zyx)]  # the scale actually applied, mm
-    h = {}
-    for a in range(3):
-        for b in range(a, 3):
-            order = [0, 0, 0]
-            order[a] += 1
-            order[b] += 1
-            d = ndimage.gaussian_filter(image, sig, order=order, mode="nearest")[rows]
-            h[a, b] = d * (norm[a] * norm[b] / (zyx[a] * zyx[b])) / 100.0
+    order = [0, 0, 0]
+    order[a] += 1
+    order[b] += 1
+
+    def term() -> np.ndarray:
+        d = ndimage.gaussian_filter(image, sig, order=order, mode="nearest")[rows]
+        return d * (norm[a] * norm[b] / (zyx[a] * zyx[b])) / 100.0
+
+    return term
+
+
+def _hessian_invariants(h: dict[tuple[int, int], np.ndarray]) -> list[np.ndarray]:
+    """Trace, sum of principal minors and determinant of the Hessian terms ``h[a, b]`` (a <= b)."""
     trace = h[0, 0] + h[1, 1] + h[2, 2]
     minors = (h[0, 0] * h[1, 1] - h[0, 1] ** 2) + (h[0, 0] * h[2, 2] - h[0, 2] ** 2) + (h[1, 1] * h[2, 2] - h[1, 2] ** 2)
     det = (h[0, 0] * (h[1, 1] * h[2, 2] - h[1, 2] ** 2) - h[0, 1] * (h[0, 1] * h[2, 2] - h[1, 2] * h[0, 2])
            + h[0, 2] * (h[0, 1] * h[1, 2] - h[1, 1] * h[0, 2]))
     # Signed roots keep every invariant in HU-like units, so no single one dominates the network.
     return [trace, np.sign(minors) * np.sqrt(np.abs(minors)), np.cbrt(det)]
+
+
+def run_in_threads(jobs: list[Callable[[], np.ndarray]]) -> list[np.ndarray]:
+    """Each job's result, in order, computed on up to ``FILTER_THREADS`` threads."""
+    workers = min(len(jobs), FILTER_THREADS)
+    if workers <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [future.result() for future in futures]
 
 
 # --- detections -----------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def analyze_volume(
     clock.lap("lungs")
     heatmap = _heatmap_model(device)
     ranker = _ranker_model(device)
-    found = detect_lesions(volume, lungs, heatmap, ranker)
+    found = detect_lesions(volume, lungs, heatmap, ranker, min_confidence=MIN_CONFIDENCE)
     network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
     found = [lesion for lesion in found if lesion.confidence >= MIN_CONFIDENCE]

@@ -151,8 +151,16 @@ def test_with_the_ranker_phantom_lesions_are_the_top_findings() -> None:
                  study_instance_uid="1.2", sop_instance_uids=tuple(f"1.2.3.{k + 1}" for k in range(ph.hu.shape[0])))
     device = resolve_device("cpu")
     ranker = LesionRanker(device)
-    found = detect_lesions(vol, segment_lungs(vol), LesionHeatmapModel(device), ranker)
+    lungs = segment_lungs(vol)
+    found = detect_lesions(vol, lungs, LesionHeatmapModel(device), ranker)
     assert 0 < len(found) <= ranker.max_findings
+    # Not segmenting what would not be reported changes nothing that is.
+    cut = 0.2
+    reported = [f for f in found if f.confidence >= cut]
+    quick = detect_lesions(vol, lungs, LesionHeatmapModel(device), ranker, min_confidence=cut)
+    assert 0 < len(quick) < len(found)
+    assert [(f.confidence, f.offset, f.mask.tobytes()) for f in quick] == [
+        (f.confidence, f.offset, f.mask.tobytes()) for f in reported]
     assert [f.confidence for f in found] == sorted((f.confidence for f in found), reverse=True)
     for f in found:
         assert f.confidence == pytest.approx(confidence_of(f.features["heatmap_score"], f.features["ranker_score"]), abs=1e-3)
