@@ -1,8 +1,10 @@
 """The lesion stage: where the voxel classifier says lesion, segment, type and score it.
 
 1. :mod:`sensecare.analysis.heatmap` gives every region voxel of a ~2 mm grid
-   a lesion probability; each connected region above the model's detection
-   threshold is one detection.
+   a lesion probability, and where its bundle is installed the dense network
+   of :mod:`sensecare.analysis.lung_cnn` gives another; the higher of the two
+   counts (:func:`lesion_probability`). Each connected region above the
+   voxel classifier's detection threshold is one detection.
 2. :mod:`sensecare.analysis.ranker` looks at each detection as a whole and
    says how likely it is a lesion; the likely ones (at most the ranker's
    ``max_findings``) go on, best first. Without a ranker, the peak
@@ -32,6 +34,7 @@ from scipy import ndimage
 
 from sensecare.analysis.candidates import Candidate
 from sensecare.analysis.heatmap import (
+    FeatureMaps,
     HeatmapDetection,
     LesionHeatmapModel,
     detections_from,
@@ -44,11 +47,12 @@ from sensecare.analysis.lesions import (
     merge_overlapping,
     segment_seeds,
 )
+from sensecare.analysis.lung_cnn import LungLesionCnn, fuse_probability
 from sensecare.analysis.measure import axial_diameters
 from sensecare.analysis.ranker import LesionRanker, describe
 from sensecare.dicom.volume import Volume
 
-__all__ = ["detect_lesions"]
+__all__ = ["detect_lesions", "lesion_probability"]
 
 #: The classical outline is trusted when its centroid lies within this many detection radii
 #: (never less than MIN_AGREEMENT_MM) and its volume within VOLUME_FACTOR of the detection's.
@@ -59,8 +63,19 @@ VOLUME_FACTOR = 3.0
 GGO_MEAN_HU = -300.0
 
 
+def lesion_probability(maps: FeatureMaps, spacing_xyz: tuple[float, float, float], model: LesionHeatmapModel,
+                       network: LungLesionCnn | None = None) -> np.ndarray:
+    """The working grid's lesion probability: the voxel classifier's, fused with the dense network's."""
+    probability = model.probability_map(maps)
+    if network is None or maps.image is None:
+        return probability
+    gx, gy, gz = maps.grid.spacing_xyz(spacing_xyz)
+    return fuse_probability(probability, network.probability_map(maps.image, maps.inside, (gz, gy, gx)))
+
+
 def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ignore[no-untyped-def]
-                   ranker: LesionRanker | None = None, *, min_confidence: float = 0.0) -> list[Lesion]:
+                   ranker: LesionRanker | None = None, network: LungLesionCnn | None = None,
+                   *, min_confidence: float = 0.0) -> list[Lesion]:
     """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring).
 
     Detections whose confidence is below ``min_confidence`` are not segmented at all (the
@@ -72,7 +87,7 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
     maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
     if maps is None:
         return []
-    probability = model.probability_map(maps)
+    probability = lesion_probability(maps, spacing, model, network)  # type: ignore[arg-type]
     detections = detections_from(probability, maps, spacing,  # type: ignore[arg-type]
                                  threshold=model.threshold, min_volume_mm3=model.min_volume_mm3,
                                  max_detections=None if ranker else model.max_detections)
