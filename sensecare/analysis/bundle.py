@@ -19,21 +19,40 @@ import numpy as np
 
 from sensecare.errors import ConfigurationError
 
-__all__ = ["MlpBundle"]
+__all__ = ["MlpBundle", "load_network"]
+
+
+def load_network(bundle: Path, device, *, what: str,  # type: ignore[no-untyped-def]
+                 overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """A bundle's ``network_def`` with its weights, on ``device`` in eval mode, and its metadata.
+
+    Missing weights, or weights that do not fit the configured network (``overrides`` set
+    keys of ``network_def`` first), are a :class:`ConfigurationError` naming the bundle,
+    so a stale model fails at start-up instead of deep in torch.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    weights = bundle / "models" / "model.pt"
+    if not weights.exists():
+        raise ConfigurationError(f"{what} weights are missing: {weights} (train with {bundle}/scripts/train.py)")
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    for key, value in (overrides or {}).items():
+        parser["network_def"][key] = value
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    model = parser.get_parsed_content("network_def")
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except RuntimeError as exc:  # shapes of another feature list or network
+        raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
+    return model.to(device).eval(), metadata
 
 
 class MlpBundle:
     """Weights, feature columns and normalisation of one bundle, on a torch device."""
 
     def __init__(self, bundle: Path, known_features: Sequence[str], device, *, what: str) -> None:  # type: ignore[no-untyped-def]
-        import torch
-        from monai.bundle import ConfigParser
-
-        weights = bundle / "models" / "model.pt"
-        if not weights.exists():
-            raise ConfigurationError(f"{what} weights are missing: {weights} (train with {bundle}/scripts/train.py)")
-        parser = ConfigParser()
-        parser.read_config(bundle / "configs" / "inference.json")
         metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
         #: The bundle's own settings (``metadata.json`` → ``sensecare``).
         self.settings: dict[str, Any] = metadata.get("sensecare", {})
@@ -49,13 +68,7 @@ class MlpBundle:
         self.mean = np.asarray(self.settings["feature_mean"], dtype=np.float32)
         self.std = np.asarray(self.settings["feature_std"], dtype=np.float32)
         self.device = device
-        parser["network_def"]["in_channels"] = len(used)
-        self.model = parser.get_parsed_content("network_def")
-        try:
-            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except RuntimeError as exc:  # shapes of another feature list or network
-            raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
-        self.model.to(device).eval()
+        self.model, _ = load_network(bundle, device, what=what, overrides={"in_channels": len(used)})
 
     def predict(self, rows: np.ndarray, batch_rows: int = 1 << 18) -> np.ndarray:
         """Probability per row of all known features (the bundle picks its own columns)."""

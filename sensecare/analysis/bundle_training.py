@@ -1,8 +1,10 @@
-"""Training helpers shared by the MLP bundles' scripts (``models/lesion_heatmap``, ``models/lesion_ranker``).
+"""Training helpers shared by the bundles' scripts (``models/lesion_heatmap``, ``models/lesion_ranker``,
+``models/lesion_cnn``).
 
-Both train a MONAI ``FullyConnectedNet`` on standardised rows with the same
-recipe (binary cross-entropy, AdamW, one-cycle schedule, seeded batches) and
-report a rank AUC; one copy keeps the two bundles trained alike.
+The MLP bundles train a MONAI ``FullyConnectedNet`` on standardised rows with
+the same recipe (binary cross-entropy, AdamW, one-cycle schedule, seeded
+batches) and report a rank AUC; every script reads its phantoms back the way
+the analysis reads a series. One copy keeps the bundles trained alike.
 """
 
 from __future__ import annotations
@@ -12,7 +14,31 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["auc", "fit_binary"]
+__all__ = ["auc", "fit_binary", "log", "read_back_phantom"]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def read_back_phantom(spec, label: str):  # type: ignore[no-untyped-def]
+    """``(phantom, volume, lungs)``: the phantom of ``spec`` written as DICOM, read back and its lungs
+    segmented exactly as the analysis does, so training sees what inference will."""
+    import tempfile
+    from pathlib import Path
+
+    from sensecare.analysis.lungs import segment_lungs
+    from sensecare.analysis.pipeline import read_series
+    from sensecare.archive.loader import find_dicom_files
+    from sensecare.phantom import generate_phantom, write_phantom
+
+    phantom = generate_phantom(spec)
+    with tempfile.TemporaryDirectory(prefix="sensecare-train-") as tmp:
+        folder = write_phantom(phantom, Path(tmp) / "series")
+        volume, _ = read_series(find_dicom_files(folder).dicom)
+    if volume.array.shape != phantom.lesions.shape:
+        raise RuntimeError(f"{label}: the volume read back does not match the phantom's masks")
+    return phantom, volume, segment_lungs(volume)
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -20,13 +20,12 @@ functions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from sensecare.errors import ConfigurationError
+from sensecare.analysis.bundle import load_network
 
 __all__ = ["ISO_MM", "LungLesionCnn", "from_isotropic", "fuse_probability", "network_input", "to_isotropic"]
 
@@ -83,24 +82,10 @@ class LungLesionCnn:
     """The bundle's dense network on a torch device: working-grid image in, probability out."""
 
     def __init__(self, device, bundle: Path = DEFAULT_BUNDLE) -> None:  # type: ignore[no-untyped-def]
-        import torch
-        from monai.bundle import ConfigParser
-
-        weights = bundle / "models" / "model.pt"
-        if not weights.exists():
-            raise ConfigurationError(f"lesion network weights are missing: {weights} (train with {bundle}/scripts/train.py)")
-        parser = ConfigParser()
-        parser.read_config(bundle / "configs" / "inference.json")
-        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+        self.model, metadata = load_network(bundle, device, what="lesion network")
         self.name = str(metadata.get("name", bundle.name))
         self.version = str(metadata.get("version", "0"))
         self.device = device
-        self.model = parser.get_parsed_content("network_def")
-        try:
-            self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except RuntimeError as exc:
-            raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
-        self.model.to(device).eval()
 
     def predict_isotropic(self, channels: np.ndarray) -> np.ndarray:
         """Probability (z, y, x) for one input (2, z, y, x) on the isotropic grid."""

@@ -15,14 +15,13 @@ analysis does not pay for it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from sensecare.errors import ConfigurationError
+from sensecare.analysis.bundle import load_network
 
 PATCH = 32
 MIN_FIELD_MM = 24.0
@@ -102,23 +101,11 @@ class LesionNetwork:
     """The bundle's SegResNet on a torch device, answering batches of patches."""
 
     def __init__(self, device, bundle: Path = DEFAULT_BUNDLE) -> None:  # type: ignore[no-untyped-def]
-        import torch
-        from monai.bundle import ConfigParser
-
-        weights = bundle / "models" / "model.pt"
-        if not weights.exists():
-            raise ConfigurationError(f"lesion model weights are missing: {weights} (train with {bundle}/scripts/train.py)")
-        parser = ConfigParser()
-        parser.read_config(bundle / "configs" / "inference.json")
-        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+        self.model, metadata = load_network(bundle, device, what="lesion model")
         self.name = metadata.get("name", bundle.name)
         self.version = metadata.get("version", "0")
         self.threshold = float(metadata.get("sensecare", {}).get("probability_threshold", 0.5))
         self.device = device
-        self.model = parser.get_parsed_content("network_def")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
-        self.model.to(device).eval()
 
     def predict(self, patches: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Lesion probability per voxel for patches (N, P, P, P) -> (N, P, P, P)."""

@@ -83,3 +83,19 @@ def test_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigurationError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_a_patch_bundle_without_fitting_weights_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from sensecare.analysis.network import DEFAULT_BUNDLE, LesionNetwork
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    config = bundle / "configs" / "inference.json"
+    config.write_text(config.read_text().replace('"init_filters": 8', '"init_filters": 16'))
+    with pytest.raises(ConfigurationError, match="retrain"):
+        LesionNetwork(resolve_device("cpu"), bundle)
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(ConfigurationError, match="missing"):
+        LesionNetwork(resolve_device("cpu"), bundle)

@@ -36,7 +36,6 @@ import dataclasses
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -49,8 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+from sensecare.analysis.bundle_training import log
 
 
 def seeds_of(recipe: dict, key: str) -> list[int]:
@@ -84,21 +82,12 @@ def sample_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
+    from sensecare.analysis.bundle_training import read_back_phantom
     from sensecare.analysis.heatmap import working_image
     from sensecare.analysis.lung_cnn import to_isotropic
-    from sensecare.analysis.lungs import segment_lungs
-    from sensecare.analysis.pipeline import read_series
-    from sensecare.archive.loader import find_dicom_files
-    from sensecare.phantom import generate_phantom, write_phantom
 
     started = time.perf_counter()
-    phantom = generate_phantom(spec_for(seed, recipe))
-    with tempfile.TemporaryDirectory(prefix="sensecare-lung-cnn-") as tmp:
-        folder = write_phantom(phantom, Path(tmp) / "series")
-        volume, _ = read_series(find_dicom_files(folder).dicom)
-    if volume.array.shape != phantom.lesions.shape:
-        raise RuntimeError(f"seed {seed}: the volume read back does not match the phantom's masks")
-    lungs = segment_lungs(volume)
+    phantom, volume, lungs = read_back_phantom(spec_for(seed, recipe), f"seed {seed}")
     image, inside, grid, box, _ = working_image(volume.array, lungs.region, volume.spacing, lungs.lungs)
     gx, gy, gz = grid.spacing_xyz(volume.spacing)
     zyx = (gz, gy, gx)

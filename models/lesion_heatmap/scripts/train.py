@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,10 +43,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def samples_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     """Make (or find) the cached samples of one phantom."""
     out = cache / f"seed-{seed}.npz"
@@ -56,21 +51,12 @@ def samples_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
+    from sensecare.analysis.bundle_training import read_back_phantom
     from sensecare.analysis.heatmap import voxel_features
-    from sensecare.analysis.lungs import segment_lungs
-    from sensecare.analysis.pipeline import read_series
-    from sensecare.archive.loader import find_dicom_files
     from sensecare.evaluation.run import PhantomRecipe
-    from sensecare.phantom import generate_phantom, write_phantom
 
     started = time.perf_counter()
-    phantom = generate_phantom(PhantomRecipe().spec_for(seed))
-    with tempfile.TemporaryDirectory(prefix="sensecare-heatmap-") as tmp:
-        folder = write_phantom(phantom, Path(tmp) / "series")
-        volume, _ = read_series(find_dicom_files(folder).dicom)
-    if volume.array.shape != phantom.lesions.shape:
-        raise RuntimeError(f"seed {seed}: the volume read back does not match the phantom's masks")
-    lungs = segment_lungs(volume)
+    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
     maps = voxel_features(volume.array, lungs.region, volume.spacing, lungs.lungs)
     rng = np.random.default_rng([seed, recipe["sampling_seed"]])
     lesions = phantom.lesions[maps.box]
@@ -134,7 +120,7 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from sensecare.analysis.bundle_training import auc, fit_binary
+    from sensecare.analysis.bundle_training import auc, fit_binary, log
     from sensecare.analysis.heatmap import FEATURE_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())

@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -46,10 +45,6 @@ if str(REPO) not in sys.path:
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def seeds_of(recipe: dict, key: str) -> list[int]:
     return list(range(recipe[key]["first"], recipe[key]["first"] + recipe[key]["count"]))
 
@@ -62,27 +57,18 @@ def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
+    from sensecare.analysis.bundle_training import read_back_phantom
     from sensecare.analysis.heatmap import (
         LesionHeatmapModel,
         detections_from,
         voxel_features,
     )
-    from sensecare.analysis.lungs import segment_lungs
-    from sensecare.analysis.pipeline import read_series
     from sensecare.analysis.ranker import describe
-    from sensecare.archive.loader import find_dicom_files
     from sensecare.evaluation.run import PhantomRecipe
-    from sensecare.phantom import generate_phantom, write_phantom
 
     started = time.perf_counter()
-    phantom = generate_phantom(PhantomRecipe().spec_for(seed))
-    with tempfile.TemporaryDirectory(prefix="sensecare-ranker-") as tmp:
-        folder = write_phantom(phantom, Path(tmp) / "series")
-        volume, _ = read_series(find_dicom_files(folder).dicom)
-    if volume.array.shape != phantom.lesions.shape:
-        raise RuntimeError(f"seed {seed}: the volume read back does not match the phantom's masks")
+    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
     spacing = tuple(float(s) for s in volume.spacing)
-    lungs = segment_lungs(volume)
     maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
     model = LesionHeatmapModel("cpu")
     probability = model.probability_map(maps)
@@ -153,7 +139,7 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from sensecare.analysis.bundle_training import auc, fit_binary
+    from sensecare.analysis.bundle_training import auc, fit_binary, log
     from sensecare.analysis.ranker import DESCRIPTOR_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
