@@ -184,3 +184,14 @@ def test_phantom_lesions_are_detected_and_ranked_above_everything_else() -> None
     mass = next(t for t in ph.truth if t.type == "mass")
     assert np.linalg.norm(np.subtract(centres[0], mass.center_lps_mm)) < mass.diameter_mm / 2
     assert all("heatmap_score" in f.features for f in found)
+
+
+def test_features_are_the_same_on_one_thread_and_on_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sensecare.analysis import heatmap
+
+    hu, region, _ = _lung_box()
+    monkeypatch.setattr(heatmap, "FILTER_THREADS", 1)
+    alone = voxel_features(hu, region, SPACING)
+    monkeypatch.setattr(heatmap, "FILTER_THREADS", 4)
+    pooled = voxel_features(hu, region, SPACING)
+    np.testing.assert_array_equal(alone.features, pooled.features)
