@@ -46,7 +46,7 @@ from scipy import ndimage
 from sensecare.analysis.bundle import MlpBundle
 from sensecare.analysis.candidates import SOLID_HU, parenchyma_hu
 from sensecare.analysis.grid import CoarseGrid
-from sensecare.analysis.morphology import upsample_repeat
+from sensecare.analysis.morphology import bounding_box, upsample_repeat
 
 __all__ = [
     "FEATURE_NAMES",
@@ -187,10 +187,9 @@ def working_image(hu: np.ndarray, region: np.ndarray, spacing_xyz: tuple[float, 
     inside the region, the block factors, the region's bounding box in the
     volume and the parenchyma HU; ``None`` for an empty region.
     """
-    found = ndimage.find_objects(region.astype(np.uint8))
-    if not found or found[0] is None:
+    box = bounding_box(region)
+    if box is None:
         return None
-    box = found[0]
     crop = hu[box].astype(np.float32)
     inside_fine = region[box]
     lung = inside_fine if aerated is None else (aerated[box] > 0) & inside_fine

@@ -39,6 +39,7 @@ from sensecare.analysis.candidates import (
 )
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.measure import axial_diameters
+from sensecare.analysis.morphology import bounding_box
 from sensecare.dicom.volume import Volume
 
 __all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds"]
@@ -208,10 +209,9 @@ def _prepare(volume: Volume, region: np.ndarray, lungs: np.ndarray | None):  # t
         raise ValueError(f"region {region.shape} and volume {hu_full.shape} must have one shape")
     if lungs is not None and np.shape(lungs) != hu_full.shape:
         raise ValueError(f"lungs {np.shape(lungs)} and volume {hu_full.shape} must have one shape")
-    found = ndimage.find_objects(region.astype(np.uint8))
-    if not found:
+    box = bounding_box(region)
+    if box is None:
         return None
-    box = found[0]
     hu = hu_full[box].astype(np.float32)
     inside = region[box]
     start = tuple(s.start for s in box)

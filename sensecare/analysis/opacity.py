@@ -46,6 +46,7 @@ from scipy import ndimage
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.lobes import METHOD as LOBE_METHOD
 from sensecare.analysis.lobes import Lobe, approximate_lobes
+from sensecare.analysis.morphology import bounding_box
 from sensecare.analysis.report import LungOpacity
 
 #: Aerated lung below, abnormal (ground glass or denser) at or above.
@@ -128,7 +129,7 @@ def measure_opacity(
     # Sides, lobes and counts only where there is lung or region: outside that box
     # every mask is empty, and full-volume passes cost more than the scoring itself.
     lobes = np.zeros(hu.shape, dtype=np.uint8)
-    box = _bounding_box(region | (lungs > 0)) or (slice(0, 0),) * 3
+    box = bounding_box(region | (lungs > 0)) or (slice(0, 0),) * 3
     # Every region voxel belongs to a side: region voxels outside `lungs` (a dense tumour at the
     # pleura) take the label of the nearest lung voxel.
     sides = _label_region(lungs[box], region[box], x_offset=box[2].start)
@@ -150,7 +151,7 @@ def _dense_parenchyma(
     opacity = np.zeros(hu.shape, dtype=bool)
     high = np.zeros(hu.shape, dtype=bool)
     lung = np.zeros(hu.shape, dtype=bool)
-    box = _bounding_box(region)
+    box = bounding_box(region)
     if box is None:
         return opacity, high, lung
     crop, inside = hu[box], region[box]
@@ -307,17 +308,6 @@ def _label_region(lungs: np.ndarray, region: np.ndarray, x_offset: int = 0) -> n
         else:
             sides[missing] = np.where(np.abs(x - centres[1]) <= np.abs(x - centres[2]), 1, 2)
     return sides
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of ``mask`` (None when empty), from its projections: ``any`` stops at the
-    first set voxel of each slice, where ``ndimage.find_objects`` visits every voxel."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return None
-    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return (slice(zs[0], zs[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
 
 
 def _sigma(mm: float, spacing_xyz: tuple[float, float, float]) -> list[float]:

@@ -288,12 +288,10 @@ def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir
 
 def _lung_box(labels: np.ndarray) -> tuple[slice, slice, slice]:
     """Bounding box of the lung labels (the whole volume when there are none)."""
-    slices = np.flatnonzero(labels.any(axis=(1, 2)))
-    if slices.size == 0:
-        return (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
-    footprint = labels[slices[0] : slices[-1] + 1].any(axis=0)
-    rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
-    return (slice(slices[0], slices[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    from sensecare.analysis.morphology import bounding_box
+
+    box = bounding_box(labels)
+    return box if box is not None else (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))
 
 
 def _with_lobe(report: LesionReport, lobes: np.ndarray, lesion) -> LesionReport:  # type: ignore[no-untyped-def]
