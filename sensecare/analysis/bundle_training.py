@@ -11,10 +11,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["auc", "fit_binary", "log", "read_back_phantom"]
+__all__ = ["auc", "fit_binary", "log", "make_cache", "read_back_phantom", "seeds_of"]
+
+
+def seeds_of(recipe: dict, key: str) -> list[int]:
+    """The seeds a recipe lists under ``key`` as ``{"first": F, "count": N}``."""
+    return list(range(recipe[key]["first"], recipe[key]["first"] + recipe[key]["count"]))
+
+
+def make_cache(make: Callable[[int, Any, dict], str], seeds: list[int], cache, recipe: dict, jobs: int) -> float:  # type: ignore[no-untyped-def]
+    """Run ``make(seed, cache, recipe)`` for every seed in ``jobs`` processes, logging each; seconds taken."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for message in pool.map(make, seeds, [cache] * len(seeds), [recipe] * len(seeds)):
+            log(message)
+    return time.perf_counter() - started
 
 
 def log(message: str) -> None:

@@ -37,7 +37,6 @@ import datetime as dt
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-from sensecare.analysis.bundle_training import log
-
-
-def seeds_of(recipe: dict, key: str) -> list[int]:
-    return list(range(recipe[key]["first"], recipe[key]["first"] + recipe[key]["count"]))
+from sensecare.analysis.bundle_training import log, make_cache, seeds_of
 
 
 def spec_for(seed: int, recipe: dict):  # type: ignore[no-untyped-def]
@@ -222,12 +217,7 @@ def main() -> None:
     train_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
     val_seeds = seeds_of(recipe, "validation_seeds")
     args.cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    seeds = train_seeds + val_seeds
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for message in pool.map(sample_for_seed, seeds, [args.cache] * len(seeds), [recipe] * len(seeds)):
-            log(message)
-    data_s = time.perf_counter() - started
+    data_s = make_cache(sample_for_seed, train_seeds + val_seeds, args.cache, recipe, args.jobs)
     if args.data_only:
         return
 

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,21 +119,22 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from sensecare.analysis.bundle_training import auc, fit_binary, log
+    from sensecare.analysis.bundle_training import (
+        auc,
+        fit_binary,
+        log,
+        make_cache,
+        seeds_of,
+    )
     from sensecare.analysis.heatmap import FEATURE_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    train_seeds = list(range(recipe["train_seeds"]["first"], recipe["train_seeds"]["first"] + recipe["train_seeds"]["count"]))
-    val_seeds = list(range(recipe["validation_seeds"]["first"], recipe["validation_seeds"]["first"] + recipe["validation_seeds"]["count"]))
+    train_seeds = seeds_of(recipe, "train_seeds")
+    val_seeds = seeds_of(recipe, "validation_seeds")
     train_seeds = train_seeds[: args.train_phantoms or None]
     val_seeds = val_seeds[: args.validation_phantoms or None]
     args.cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    seeds = train_seeds + val_seeds
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for message in pool.map(samples_for_seed, seeds, [args.cache] * len(seeds), [recipe] * len(seeds)):
-            log(message)
-    data_s = time.perf_counter() - started
+    data_s = make_cache(samples_for_seed, train_seeds + val_seeds, args.cache, recipe, args.jobs)
 
     used = [name for name in FEATURE_NAMES if name not in set(recipe.get("excluded_features", []))]
     columns = [FEATURE_NAMES.index(name) for name in used]

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +42,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def seeds_of(recipe: dict, key: str) -> list[int]:
-    return list(range(recipe[key]["first"], recipe[key]["first"] + recipe[key]["count"]))
 
 
 def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
@@ -139,19 +134,20 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from sensecare.analysis.bundle_training import auc, fit_binary, log
+    from sensecare.analysis.bundle_training import (
+        auc,
+        fit_binary,
+        log,
+        make_cache,
+        seeds_of,
+    )
     from sensecare.analysis.ranker import DESCRIPTOR_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     train_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
     val_seeds = seeds_of(recipe, "validation_seeds")[: args.validation_phantoms or None]
     args.cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    seeds = val_seeds + train_seeds
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for message in pool.map(rows_for_seed, seeds, [args.cache] * len(seeds), [recipe] * len(seeds)):
-            log(message)
-    data_s = time.perf_counter() - started
+    data_s = make_cache(rows_for_seed, val_seeds + train_seeds, args.cache, recipe, args.jobs)
     if args.data_only:
         return
 
