@@ -50,6 +50,7 @@ from sensecare.analysis.lesions import (
 from sensecare.analysis.lung_cnn import LungLesionCnn, fuse_probability
 from sensecare.analysis.measure import axial_diameters
 from sensecare.analysis.ranker import LesionRanker, describe
+from sensecare.analysis.verifier import LesionVerifier, PatchSampler
 from sensecare.dicom.volume import Volume
 
 __all__ = ["detect_lesions", "lesion_probability"]
@@ -75,7 +76,7 @@ def lesion_probability(maps: FeatureMaps, spacing_xyz: tuple[float, float, float
 
 def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ignore[no-untyped-def]
                    ranker: LesionRanker | None = None, network: LungLesionCnn | None = None,
-                   *, min_confidence: float = 0.0) -> list[Lesion]:
+                   *, verifier: LesionVerifier | None = None, min_confidence: float = 0.0) -> list[Lesion]:
     """Lesions of ``volume`` inside ``lungs.region``, best first (see the module docstring).
 
     Detections whose confidence is below ``min_confidence`` are not segmented at all (the
@@ -96,9 +97,18 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
         ranker_scores: list[float | None] = [None] * len(detections)
     else:
         ranked = ranker.score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
-        order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker.min_score][: ranker.max_findings]
+        order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker.min_score]
+        if verifier is not None:
+            order = order[: verifier.max_candidates]
+            sampler = PatchSampler(volume.array, lungs.region, spacing, maps, probability)  # type: ignore[arg-type]
+            verified = verifier.score(sampler.for_detections([detections[i] for i in order]))
+            second = {i: verifier.combine(float(ranked[i]), float(v)) for i, v in zip(order, verified)}
+            order = sorted(order, key=lambda i: -second[i])
+        else:
+            second = {i: float(ranked[i]) for i in order}
+        order = order[: ranker.max_findings]
         detections = [detections[i] for i in order]
-        ranker_scores = [float(ranked[i]) for i in order]
+        ranker_scores = [second[i] for i in order]
         scores = [confidence_of(d.score, r) for d, r in zip(detections, ranker_scores)]
     wanted = [i for i, score in enumerate(scores) if score >= min_confidence]
     detections = [detections[i] for i in wanted]

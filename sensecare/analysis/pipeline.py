@@ -162,7 +162,8 @@ def analyze_volume(
     clock.lap("lungs")
     heatmap = _heatmap_model(device)
     ranker = _ranker_model(device)
-    found = detect_lesions(volume, lungs, heatmap, ranker, min_confidence=MIN_CONFIDENCE)
+    verifier = _verifier_model(device)
+    found = detect_lesions(volume, lungs, heatmap, ranker, verifier=verifier, min_confidence=MIN_CONFIDENCE)
     network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
     found = [lesion for lesion in found if lesion.confidence >= MIN_CONFIDENCE]
@@ -229,7 +230,7 @@ def analyze_volume(
         flags=flags,
         urgency=urgency_for(flags),
         timing_s={},
-        models=_models(heatmap, ranker, network),
+        models=_models(heatmap, ranker, verifier, network),
         device=device,
         outputs=outputs,
     )
@@ -348,10 +349,11 @@ def _series_info(volume: Volume, slices: Sequence[Dataset]) -> SeriesInfo:
     )
 
 
-def _models(heatmap, ranker, network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
+def _models(heatmap, ranker, verifier, network) -> list[ModelInfo]:  # type: ignore[no-untyped-def]
     return [
         ModelInfo(name=heatmap.name, version=heatmap.version, kind="MONAI FullyConnectedNet: lesion voxel classifier (detection)"),
         ModelInfo(name=ranker.name, version=ranker.version, kind="MONAI FullyConnectedNet: detection false-positive reduction"),
+        ModelInfo(name=verifier.name, version=verifier.version, kind="MONAI Classifier: 3D patch false-positive reduction"),
         ModelInfo(name=network.name, version=network.version, kind="MONAI SegResNet: candidate false-positive reduction"),
         ModelInfo(name="sensecare-lungs", version=__version__, kind="lung segmentation (classical)"),
         ModelInfo(name="sensecare-lesions", version=__version__, kind="lesion segmentation and type (classical)"),
@@ -377,6 +379,16 @@ def _ranker_model(device: str):  # type: ignore[no-untyped-def]
     from sensecare.analysis.ranker import LesionRanker
 
     return LesionRanker(torch.device(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier_model(device: str):  # type: ignore[no-untyped-def]
+    """The patch verifier, loaded once per device and process."""
+    import torch
+
+    from sensecare.analysis.verifier import LesionVerifier
+
+    return LesionVerifier(torch.device(device))
 
 
 @functools.lru_cache(maxsize=4)
