@@ -271,8 +271,9 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
                     max_detections: int | None = None) -> list[HeatmapDetection]:
     """Connected regions of ``probability`` (working grid), best first, at two levels.
 
-    Strong detections are the connected regions at or above ``STRONG_LEVEL``; faint ones
-    the regions at or above ``threshold`` that hold no strong voxel. (One low level alone
+    Strong detections are the connected regions at or above ``STRONG_LEVEL`` (at least
+    ``min_volume_mm3``); faint ones the regions at or above ``threshold`` that hold no strong
+    detection. (One low level alone
     chains a nodule to the vessels and hilum around it on real CT.) Strong regions made of
     two touching blobs are split (``split_touching``). Each region is scored by its peak;
     its mask is the part at or above half that peak (the half-maximum outline). Only the
@@ -284,10 +285,11 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
     connectivity = np.ones((3, 3, 3), bool)
     strong_level = max(threshold, STRONG_LEVEL)
     labels, n_strong = split_touching(probability >= strong_level, (gz, gy, gx))
+    labels, n_strong = _without_small(labels, n_strong, min_volume_mm3 / voxel_mm3)
     weak, n_weak = ndimage.label(probability >= threshold, structure=connectivity)
     if n_weak:
-        weak_peak = ndimage.maximum(probability, weak, index=np.arange(1, n_weak + 1))
-        faint = np.flatnonzero(np.asarray(weak_peak) < strong_level) + 1
+        holds_strong = ndimage.maximum(labels > 0, weak, index=np.arange(1, n_weak + 1))
+        faint = np.flatnonzero(~np.asarray(holds_strong, dtype=bool)) + 1
         relabel = np.zeros(n_weak + 1, dtype=labels.dtype)
         relabel[faint] = np.arange(n_strong + 1, n_strong + 1 + faint.size)
         labels = np.where(labels > 0, labels, relabel[weak])
@@ -320,6 +322,25 @@ def detections_from(probability: np.ndarray, maps: FeatureMaps, spacing_xyz: tup
                                     coarse, box, tuple(int(p) for p in peak), int(region_size)))  # type: ignore[arg-type]
     out.sort(key=lambda d: -d.score)
     return out[:max_detections]
+
+
+def _without_small(labels: np.ndarray, n: int, min_voxels: float) -> tuple[np.ndarray, int]:
+    """``labels`` renumbered without the regions of fewer than ``min_voxels`` voxels.
+
+    A strong core too small to be a detection must not claim its faint surroundings
+    either: a ground-glass nodule whose probability peaks at 0.55 in one voxel is a
+    faint detection of its own, not a dropped strong one.
+    """
+    if n == 0:
+        return labels, 0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    if keep[1:].all():
+        return labels, n
+    renumber = np.zeros(n + 1, dtype=labels.dtype)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+    return renumber[labels], int(keep.sum())
 
 
 def split_touching(mask: np.ndarray, zyx_mm: tuple[float, float, float]) -> tuple[np.ndarray, int]:

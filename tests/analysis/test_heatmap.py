@@ -195,3 +195,14 @@ def test_features_are_the_same_on_one_thread_and_on_several(monkeypatch: pytest.
     monkeypatch.setattr(heatmap, "FILTER_THREADS", 4)
     pooled = voxel_features(hu, region, SPACING)
     np.testing.assert_array_equal(alone.features, pooled.features)
+
+
+def test_a_faint_region_with_a_strong_core_below_the_size_floor_is_a_detection() -> None:
+    """A ground-glass nodule whose probability just passes the strong level in one voxel."""
+    probability = np.zeros((12, 12, 12), np.float32)
+    probability[3:9, 3:9, 3:9] = 0.3
+    probability[6, 6, 6] = 0.55
+    maps = _maps(probability.shape, (1, 1, 1), (0, 0, 0))
+    (only,) = detections_from(probability, maps, (1.0, 1.0, 1.0), threshold=0.1, min_volume_mm3=8.0)
+    assert only.score == pytest.approx(0.55) and only.peak == (6, 6, 6)
+    assert only.mask.sum() == 6**3 and only.region_voxels == 6**3
