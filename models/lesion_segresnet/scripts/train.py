@@ -267,6 +267,9 @@ def main() -> None:
         },
     })
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    from sensecare.analysis.bundle import export_torchscript, network_overrides
+
+    export_torchscript(BUNDLE, network_overrides(BUNDLE))  # what the analysis loads (no MONAI import)
     log(f"wrote {BUNDLE / 'models' / 'model.pt'} and {metadata_path}")
 
 

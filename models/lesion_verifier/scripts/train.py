@@ -323,6 +323,9 @@ def main() -> None:
     metadata.setdefault("sensecare", {}).update({"prior_shift": round(prior_shift, 6), "verifier_weight": best,
                                                  "max_candidates": recipe["max_candidates"]})
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    from sensecare.analysis.bundle import export_torchscript, network_overrides
+
+    export_torchscript(BUNDLE, network_overrides(BUNDLE))  # what the analysis loads (no MONAI import)
     log(f"wrote {BUNDLE / 'models' / 'model.pt'} and {metadata_path}")
 
 
