@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["auc", "fit_binary", "log", "make_cache", "read_back_phantom", "seeds_of"]
+__all__ = ["FP_RATES", "auc", "fit_binary", "label_detections", "log", "make_cache", "read_back_phantom", "seeds_of",
+           "sensitivities"]
+
+#: False positives per scan at which the detection bundles report lesion sensitivity (the CPM points).
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def seeds_of(recipe: dict, key: str) -> list[int]:
@@ -56,6 +60,48 @@ def read_back_phantom(spec, label: str):  # type: ignore[no-untyped-def]
     if volume.array.shape != phantom.lesions.shape:
         raise RuntimeError(f"{label}: the volume read back does not match the phantom's masks")
     return phantom, volume, segment_lungs(volume)
+
+
+def label_detections(detections, lesions: np.ndarray, positive_overlap: float) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Per heatmap detection: 1 = lesion, 0 = none, -1 = ignored; and the lesion id of each positive.
+
+    A detection is a lesion when its peak lies in one of the phantom's ``lesions`` (label
+    volume) or at least ``positive_overlap`` of its mask does; none when it touches none;
+    ignored when it touches one a little (neither a lesion nor a clean negative).
+    """
+    labels = np.zeros(len(detections), np.int8)
+    lesion_of = np.zeros(len(detections), np.int16)
+    for i, detection in enumerate(detections):
+        window = tuple(slice(o, o + n) for o, n in zip(detection.offset, detection.mask.shape))
+        inside = lesions[window][detection.mask]
+        at_peak = int(lesions[detection.peak])
+        ids, counts = np.unique(inside[inside > 0], return_counts=True)
+        share = counts.sum() / max(1, inside.size)
+        if at_peak or share >= positive_overlap:
+            labels[i] = 1
+            lesion_of[i] = at_peak or int(ids[np.argmax(counts)])
+        elif share > 0:
+            labels[i] = -1
+    return labels, lesion_of
+
+
+def sensitivities(scores: np.ndarray, data: dict[str, np.ndarray], min_diameter_mm: float = 5.0) -> list[float]:
+    """Share of lesions (>= min diameter) with a detection scoring above the level of k FPs per scan.
+
+    ``data`` holds per detection ``y`` (labels), ``case`` (seed) and ``lesion`` (id), and
+    ``truth`` rows of (seed, lesion id, diameter mm); one value per :data:`FP_RATES`.
+    """
+    scans = len(np.unique(data["truth"][:, 0]))
+    included = {(int(s), int(i)) for s, i, d in data["truth"] if d >= min_diameter_mm}
+    negative_scores = np.sort(scores[data["y"] == 0])[::-1]
+    out = []
+    for rate in FP_RATES:
+        allowed = int(rate * scans)
+        level = negative_scores[allowed] if allowed < len(negative_scores) else -1.0
+        found = {(int(c), int(les)) for c, les, y, s in zip(data["case"], data["lesion"], data["y"], scores)
+                 if y == 1 and s > level}
+        out.append(len(found & included) / max(1, len(included)))
+    return out
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -41,7 +41,6 @@ REPO = BUNDLE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
@@ -52,7 +51,7 @@ def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from sensecare.analysis.bundle_training import read_back_phantom
+    from sensecare.analysis.bundle_training import label_detections, read_back_phantom
     from sensecare.analysis.heatmap import (
         LesionHeatmapModel,
         detections_from,
@@ -70,19 +69,7 @@ def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     detections = detections_from(probability, maps, spacing, threshold=model.threshold,  # type: ignore[arg-type]
                                  min_volume_mm3=model.min_volume_mm3, max_detections=None)
     descriptors = describe(detections, probability, maps, spacing)  # type: ignore[arg-type]
-    labels = np.zeros(len(detections), np.int8)
-    lesion_of = np.zeros(len(detections), np.int16)
-    for i, detection in enumerate(detections):
-        window = tuple(slice(o, o + n) for o, n in zip(detection.offset, detection.mask.shape))
-        inside = phantom.lesions[window][detection.mask]
-        at_peak = int(phantom.lesions[detection.peak])
-        ids, counts = np.unique(inside[inside > 0], return_counts=True)
-        share = counts.sum() / max(1, inside.size)
-        if at_peak or share >= recipe["positive_overlap"]:
-            labels[i] = 1
-            lesion_of[i] = at_peak or int(ids[np.argmax(counts)])
-        elif share > 0:
-            labels[i] = -1
+    labels, lesion_of = label_detections(detections, phantom.lesions, recipe["positive_overlap"])
     truth = np.array([[t.id, t.diameter_mm] for t in phantom.truth], dtype=np.float32).reshape(-1, 2)
     np.savez_compressed(out.with_suffix(".tmp.npz"), descriptors=descriptors, labels=labels,
                         lesion=lesion_of, truth=truth)
@@ -106,21 +93,6 @@ def load(seeds: list[int], cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def sensitivities(scores: np.ndarray, data: dict[str, np.ndarray], min_diameter_mm: float = 5.0) -> list[float]:
-    """Share of lesions (>= min diameter) with a detection scoring above the level of k FPs per scan."""
-    scans = len(np.unique(data["truth"][:, 0]))
-    included = {(int(s), int(i)) for s, i, d in data["truth"] if d >= min_diameter_mm}
-    negative_scores = np.sort(scores[data["y"] == 0])[::-1]
-    out = []
-    for rate in FP_RATES:
-        allowed = int(rate * scans)
-        level = negative_scores[allowed] if allowed < len(negative_scores) else -1.0
-        found = {(int(c), int(les)) for c, les, y, s in zip(data["case"], data["lesion"], data["y"], scores)
-                 if y == 1 and s > level}
-        out.append(len(found & included) / max(1, len(included)))
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=REPO / "var" / "ranker-cache-v2")
@@ -135,11 +107,13 @@ def main() -> None:
     from monai.bundle import ConfigParser
 
     from sensecare.analysis.bundle_training import (
+        FP_RATES,
         auc,
         fit_binary,
         log,
         make_cache,
         seeds_of,
+        sensitivities,
     )
     from sensecare.analysis.ranker import DESCRIPTOR_NAMES
 

@@ -44,7 +44,6 @@ REPO = BUNDLE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
@@ -55,7 +54,7 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from sensecare.analysis.bundle_training import read_back_phantom
+    from sensecare.analysis.bundle_training import label_detections, read_back_phantom
     from sensecare.analysis.heatmap import (
         LesionHeatmapModel,
         detections_from,
@@ -96,24 +95,6 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
             f"{time.perf_counter() - started:.0f} s")
 
 
-def label_detections(detections, lesions: np.ndarray, positive_overlap: float) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """1 = lesion, 0 = none, -1 = ignored (touches one a little); and the lesion id of each positive."""
-    labels = np.zeros(len(detections), np.int8)
-    lesion_of = np.zeros(len(detections), np.int16)
-    for i, detection in enumerate(detections):
-        window = tuple(slice(o, o + n) for o, n in zip(detection.offset, detection.mask.shape))
-        inside = lesions[window][detection.mask]
-        at_peak = int(lesions[detection.peak])
-        ids, counts = np.unique(inside[inside > 0], return_counts=True)
-        share = counts.sum() / max(1, inside.size)
-        if at_peak or share >= positive_overlap:
-            labels[i] = 1
-            lesion_of[i] = at_peak or int(ids[np.argmax(counts)])
-        elif share > 0:
-            labels[i] = -1
-    return labels, lesion_of
-
-
 def load(seeds: list[int], cache: Path, *, jittered: bool) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "lesion", "case", "peak", "ranker")}
     truths = []
@@ -136,21 +117,6 @@ def load(seeds: list[int], cache: Path, *, jittered: bool) -> dict[str, np.ndarr
             truths += [(seed, int(i), float(d)) for i, d in data["truth"]]
     out = {key: np.concatenate(value) for key, value in parts.items()}
     out["truth"] = np.array(truths, dtype=np.float64).reshape(-1, 3)
-    return out
-
-
-def sensitivities(scores: np.ndarray, data: dict[str, np.ndarray], min_diameter_mm: float = 5.0) -> list[float]:
-    """Share of lesions (>= min diameter) with a detection scoring above the level of k FPs per scan."""
-    scans = len(np.unique(data["truth"][:, 0]))
-    included = {(int(s), int(i)) for s, i, d in data["truth"] if d >= min_diameter_mm}
-    negative_scores = np.sort(scores[data["y"] == 0])[::-1]
-    out = []
-    for rate in FP_RATES:
-        allowed = int(rate * scans)
-        level = negative_scores[allowed] if allowed < len(negative_scores) else -1.0
-        found = {(int(c), int(les)) for c, les, y, s in zip(data["case"], data["lesion"], data["y"], scores)
-                 if y == 1 and s > level}
-        out.append(len(found & included) / max(1, len(included)))
     return out
 
 
@@ -223,7 +189,14 @@ def main() -> None:
     import torch
     from monai.bundle import ConfigParser
 
-    from sensecare.analysis.bundle_training import auc, log, make_cache, seeds_of
+    from sensecare.analysis.bundle_training import (
+        FP_RATES,
+        auc,
+        log,
+        make_cache,
+        seeds_of,
+        sensitivities,
+    )
     from sensecare.analysis.detect import confidence_of
     from sensecare.analysis.device import resolve_device
 

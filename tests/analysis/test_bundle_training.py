@@ -1,0 +1,46 @@
+"""The training helpers the detection bundles share: labels of detections and sensitivity at k FP/scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sensecare.analysis.bundle_training import (
+    FP_RATES,
+    auc,
+    label_detections,
+    sensitivities,
+)
+from sensecare.analysis.heatmap import HeatmapDetection
+
+
+def _detection(offset: tuple[int, int, int], size: int, peak: tuple[int, int, int]) -> HeatmapDetection:
+    mask = np.ones((size, size, size), bool)
+    return HeatmapDetection(mask, offset, peak, 0.9, 2.0, mask, (slice(0, 1),) * 3, (0, 0, 0), size**3)  # type: ignore[arg-type]
+
+
+def test_a_detection_is_a_lesion_by_its_peak_or_its_overlap_and_ignored_when_it_only_grazes_one() -> None:
+    lesions = np.zeros((20, 20, 20), np.int16)
+    lesions[2:6, 2:6, 2:6] = 3
+    detections = [
+        _detection((1, 1, 1), 4, (3, 3, 3)),  # peak in lesion 3
+        _detection((4, 4, 4), 4, (7, 7, 7)),  # peak outside, 8 of 64 voxels in it: grazes
+        _detection((12, 12, 12), 4, (13, 13, 13)),  # nowhere near
+        _detection((4, 4, 4), 2, (5, 5, 5)),  # wholly inside
+    ]
+    labels, lesion = label_detections(detections, lesions, positive_overlap=0.3)
+    assert labels.tolist() == [1, -1, 0, 1]
+    assert lesion.tolist() == [3, 0, 0, 3]
+
+
+def test_sensitivity_at_k_false_positives_per_scan_counts_each_lesion_once() -> None:
+    # two scans; lesion (1, 1) found at 0.9 and 0.8, lesion (2, 1) at 0.3; negatives 0.7 and 0.1
+    data = {
+        "y": np.array([1, 1, 0, 1, 0]), "case": np.array([1, 1, 1, 2, 2]), "lesion": np.array([1, 1, 0, 1, 0]),
+        "truth": np.array([[1, 1, 10.0], [2, 1, 12.0], [2, 2, 3.0]]),  # the 3 mm lesion is not counted
+    }
+    scores = np.array([0.9, 0.8, 0.7, 0.3, 0.1])
+    by_rate = dict(zip(FP_RATES, sensitivities(scores, data)))
+    assert by_rate[0.125] == 0.5  # no false positive allowed: only what beats 0.7
+    assert by_rate[1.0] == 1.0  # two allowed in two scans: both negatives may pass, every detection counts
+    assert auc(scores, data["y"]) == pytest.approx(5 / 6)
