@@ -161,26 +161,20 @@ def test_phantom_lesions_are_detected_and_ranked_above_everything_else() -> None
     from sensecare.analysis.detect import detect_lesions
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
-    from sensecare.dicom.volume import Volume
-    from sensecare.evaluation.matching import Truth
-    from sensecare.phantom.generate import generate_phantom
     from sensecare.phantom.spec import LesionSpec, PhantomSpec
+    from tests.helpers.phantoms import hit_ranks, phantom_volume
 
     spec = PhantomSpec(seed=11, matrix=256, slice_thickness_mm=2.5, kernel="standard",
                        lesions=(LesionSpec("solid", 12.0, "random"), LesionSpec("mass", 40.0, "random")))
-    ph = generate_phantom(spec)
-    vol = Volume(array=ph.hu, spacing=ph.spacing, origin=ph.origin, direction=np.eye(3), series_instance_uid="1.2.3",
-                 study_instance_uid="1.2", sop_instance_uids=tuple(f"1.2.3.{k + 1}" for k in range(ph.hu.shape[0])))
+    ph, vol = phantom_volume(spec)
     lungs = segment_lungs(vol)
     found = detect_lesions(vol, lungs, LesionHeatmapModel(resolve_device("cpu")))
     assert found and [f.confidence for f in found] == sorted((f.confidence for f in found), reverse=True)
-    centres = [measure_lesion(vol, f.mask, f.offset).center_lps_mm for f in found]
+    ranks_of = hit_ranks(ph, vol, found)
     for truth in ph.truth:
-        t = Truth(id=truth.id, type=truth.type, diameter_mm=truth.diameter_mm, center_lps_mm=truth.center_lps_mm,
-                  bbox_lps_mm_min=truth.bbox_lps_mm_min, bbox_lps_mm_max=truth.bbox_lps_mm_max,
-                  long_axis_mm=truth.long_axis_mm)
-        hits = [f for f, c in zip(found, centres) if t.is_hit_by(c)]
+        hits = [found[k] for k in ranks_of[truth.id]]
         assert hits and hits[0].confidence >= 0.5, f"{truth.type} {truth.diameter_mm} mm not found"
+    centres = [measure_lesion(vol, f.mask, f.offset).center_lps_mm for f in found[:1]]
     mass = next(t for t in ph.truth if t.type == "mass")
     assert np.linalg.norm(np.subtract(centres[0], mass.center_lps_mm)) < mass.diameter_mm / 2
     assert all("heatmap_score" in f.features for f in found)

@@ -128,18 +128,13 @@ def test_with_the_verifier_a_ground_glass_nodule_is_among_the_top_findings() -> 
     from sensecare.analysis.detect import confidence_of, detect_lesions
     from sensecare.analysis.heatmap import LesionHeatmapModel
     from sensecare.analysis.lungs import segment_lungs
-    from sensecare.analysis.measure import measure_lesion
     from sensecare.analysis.ranker import LesionRanker
-    from sensecare.dicom.volume import Volume
-    from sensecare.evaluation.matching import Truth
-    from sensecare.phantom.generate import generate_phantom
     from sensecare.phantom.spec import LesionSpec, PhantomSpec
+    from tests.helpers.phantoms import hit_ranks, phantom_volume
 
     spec = PhantomSpec(seed=12, matrix=256, slice_thickness_mm=1.25, kernel="standard",
                        lesions=(LesionSpec("ground_glass", 18.0, "random"), LesionSpec("solid", 10.0, "random")))
-    ph = generate_phantom(spec)
-    vol = Volume(array=ph.hu, spacing=ph.spacing, origin=ph.origin, direction=np.eye(3), series_instance_uid="1.2.3",
-                 study_instance_uid="1.2", sop_instance_uids=tuple(f"1.2.3.{k + 1}" for k in range(ph.hu.shape[0])))
+    ph, vol = phantom_volume(spec)
     device = resolve_device("cpu")
     verifier = LesionVerifier(device)
     lungs = segment_lungs(vol)
@@ -149,10 +144,7 @@ def test_with_the_verifier_a_ground_glass_nodule_is_among_the_top_findings() -> 
     for f in found:  # the second opinion is the ranker's and the verifier's weighted mean
         assert f.confidence == pytest.approx(confidence_of(f.features["heatmap_score"], f.features["ranker_score"]),
                                              abs=1e-3)
-    centres = [measure_lesion(vol, f.mask, f.offset).center_lps_mm for f in found]
+    ranks_of = hit_ranks(ph, vol, found)
     for truth in ph.truth:
-        t = Truth(id=truth.id, type=truth.type, diameter_mm=truth.diameter_mm, center_lps_mm=truth.center_lps_mm,
-                  bbox_lps_mm_min=truth.bbox_lps_mm_min, bbox_lps_mm_max=truth.bbox_lps_mm_max,
-                  long_axis_mm=truth.long_axis_mm)
-        ranks = [k for k, c in enumerate(centres) if t.is_hit_by(c)]
+        ranks = ranks_of[truth.id]
         assert ranks and ranks[0] < 3, f"{truth.type} {truth.diameter_mm} mm is not among the top findings"
