@@ -6,7 +6,11 @@
    counts (:func:`lesion_probability`). Each connected region above the
    voxel classifier's detection threshold is one detection.
 2. :mod:`sensecare.analysis.ranker` looks at each detection as a whole and
-   says how likely it is a lesion; the likely ones (at most the ranker's
+   says how likely it is a lesion; where the patch verifier is given
+   (:mod:`sensecare.analysis.verifier`), the ranker's best ``max_candidates``
+   are also looked at as 3D patches, and the two probabilities make the
+   detection's *second score* (:meth:`LesionVerifier.combine`; the ranker's
+   alone without a verifier). The best (at most the ranker's
    ``max_findings``) go on, best first. Without a ranker, the peak
    probability ranks them.
 3. Each detection is segmented at full resolution by the classical
@@ -19,9 +23,11 @@
    score stays), and the list is sorted by score.
 
 The confidence reported is the geometric mean of the peak voxel probability
-and the ranker's probability (:func:`confidence_of`; the peak alone without a
-ranker), both trained on phantoms with known lesions (``models/lesion_heatmap``,
-``models/lesion_ranker``).
+and the second score (:func:`confidence_of`; the peak alone without a ranker),
+all trained on phantoms with known lesions (``models/lesion_heatmap``,
+``models/lesion_ranker``, ``models/lesion_verifier``). Each finding's
+``features`` keep ``heatmap_score``, ``ranker_score``, ``verifier_score`` and
+``second_score``.
 """
 
 from __future__ import annotations
@@ -94,33 +100,34 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
                                  max_detections=None if ranker else model.max_detections)
     if ranker is None:
         scores = [d.score for d in detections]
-        ranker_scores: list[float | None] = [None] * len(detections)
+        opinions: list[dict[str, float]] = [{} for _ in detections]
     else:
         ranked = ranker.score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
         order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker.min_score]
+        verified: dict[int, float] = {}
         if verifier is not None:
             order = order[: verifier.max_candidates]
             sampler = PatchSampler(volume.array, lungs.region, spacing, maps, probability)  # type: ignore[arg-type]
-            verified = verifier.score(sampler.for_detections([detections[i] for i in order]))
-            second = {i: verifier.combine(float(ranked[i]), float(v)) for i, v in zip(order, verified)}
-            order = sorted(order, key=lambda i: -second[i])
-        else:
-            second = {i: float(ranked[i]) for i in order}
-        order = order[: ranker.max_findings]
+            patches = sampler.for_detections([detections[i] for i in order])
+            verified = dict(zip(order, (float(v) for v in verifier.score(patches))))
+        second = {i: verifier.combine(float(ranked[i]), verified[i]) if verifier is not None else float(ranked[i])
+                  for i in order}
+        order = sorted(order, key=lambda i: -second[i])[: ranker.max_findings]
         detections = [detections[i] for i in order]
-        ranker_scores = [second[i] for i in order]
-        scores = [confidence_of(d.score, r) for d, r in zip(detections, ranker_scores)]
+        opinions = [{"ranker_score": float(ranked[i]), **({"verifier_score": verified[i]} if i in verified else {}),
+                     "second_score": second[i]} for i in order]
+        scores = [confidence_of(d.score, opinion["second_score"]) for d, opinion in zip(detections, opinions)]
     wanted = [i for i, score in enumerate(scores) if score >= min_confidence]
     detections = [detections[i] for i in wanted]
     scores = [scores[i] for i in wanted]
-    ranker_scores = [ranker_scores[i] for i in wanted]
+    opinions = [opinions[i] for i in wanted]
     seeds = [
         Candidate(d.peak, max(d.radius_mm, 2.0), "heatmap", 0.0, 0.0, max(3.0 * d.radius_mm, 10.0), 0.0)
         for d in detections
     ]
     outlines = segment_seeds(volume, lungs.region, seeds, lungs=lungs.lungs)
     lesions = []
-    for detection, score, ranker_score, outline in zip(detections, scores, ranker_scores, outlines):
+    for detection, score, opinion, outline in zip(detections, scores, opinions, outlines):
         lesion = outline if outline is not None and _agrees(outline, detection, spacing) else None
         if lesion is None:
             lesion = _from_detection(detection, volume, lungs.region, spacing)
@@ -129,7 +136,7 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
         features = {**lesion.features, "classical_confidence": round(float(lesion.confidence), 4),
                     "heatmap_score": round(detection.score, 4),
                     "heatmap_radius_mm": round(detection.radius_mm, 2),
-                    **({"ranker_score": round(ranker_score, 4)} if ranker_score is not None else {}),
+                    **{name: round(value, 4) for name, value in opinion.items()},
                     "classical_outline": 1.0 if lesion is outline else 0.0}
         lesions.append(dataclasses.replace(lesion, confidence=score, features=features))
     return merge_overlapping(lesions)

@@ -141,9 +141,10 @@ def test_with_the_verifier_a_ground_glass_nodule_is_among_the_top_findings() -> 
     found = detect_lesions(vol, lungs, LesionHeatmapModel(device), LesionRanker(device), verifier=verifier,
                            min_confidence=0.2)
     assert found and [f.confidence for f in found] == sorted((f.confidence for f in found), reverse=True)
-    for f in found:  # the second opinion is the ranker's and the verifier's weighted mean
-        assert f.confidence == pytest.approx(confidence_of(f.features["heatmap_score"], f.features["ranker_score"]),
-                                             abs=1e-3)
+    for f in found:  # the second score is the ranker's and the verifier's weighted mean
+        second = verifier.combine(f.features["ranker_score"], f.features["verifier_score"])
+        assert f.features["second_score"] == pytest.approx(second, abs=1e-3)
+        assert f.confidence == pytest.approx(confidence_of(f.features["heatmap_score"], second), abs=1e-3)
     ranks_of = hit_ranks(ph, vol, found)
     for truth in ph.truth:
         ranks = ranks_of[truth.id]
