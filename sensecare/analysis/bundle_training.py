@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FP_RATES", "auc", "fit_binary", "label_detections", "log", "make_cache", "read_back_phantom", "seeds_of",
-           "sensitivities"]
+__all__ = ["FP_RATES", "PhantomDetections", "auc", "fit_binary", "label_detections", "log", "make_cache",
+           "phantom_detections", "read_back_phantom", "seeds_of", "sensitivities"]
 
 #: False positives per scan at which the detection bundles report lesion sensitivity (the CPM points).
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -60,6 +61,40 @@ def read_back_phantom(spec, label: str):  # type: ignore[no-untyped-def]
     if volume.array.shape != phantom.lesions.shape:
         raise RuntimeError(f"{label}: the volume read back does not match the phantom's masks")
     return phantom, volume, segment_lungs(volume)
+
+
+@dataclass(frozen=True)
+class PhantomDetections:
+    """One evaluation-population phantom as the detection stage sees it (see :func:`phantom_detections`)."""
+
+    phantom: Any
+    volume: Any
+    lungs: Any
+    spacing: tuple[float, float, float]
+    maps: Any
+    probability: np.ndarray
+    detections: list
+
+
+def phantom_detections(seed: int) -> PhantomDetections:
+    """The seed's phantom (``sensecare.evaluation.run.PhantomRecipe``) read back, its voxel features and
+    the current voxel classifier's detections, found exactly as in the analysis but without a cap:
+    what the second-stage bundles (ranker, verifier) train on."""
+    from sensecare.analysis.heatmap import (
+        LesionHeatmapModel,
+        detections_from,
+        voxel_features,
+    )
+    from sensecare.evaluation.run import PhantomRecipe
+
+    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
+    spacing = tuple(float(s) for s in volume.spacing)
+    maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
+    model = LesionHeatmapModel("cpu")
+    probability = model.probability_map(maps)  # type: ignore[arg-type]
+    detections = detections_from(probability, maps, spacing, threshold=model.threshold,  # type: ignore[arg-type]
+                                 min_volume_mm3=model.min_volume_mm3, max_detections=None)
+    return PhantomDetections(phantom, volume, lungs, spacing, maps, probability, detections)  # type: ignore[arg-type]
 
 
 def label_detections(detections, lesions: np.ndarray, positive_overlap: float) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]

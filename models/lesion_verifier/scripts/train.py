@@ -54,24 +54,14 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from sensecare.analysis.bundle_training import label_detections, read_back_phantom
-    from sensecare.analysis.heatmap import (
-        LesionHeatmapModel,
-        detections_from,
-        voxel_features,
-    )
+    from sensecare.analysis.bundle_training import label_detections, phantom_detections
     from sensecare.analysis.ranker import LesionRanker, describe
     from sensecare.analysis.verifier import PatchSampler
-    from sensecare.evaluation.run import PhantomRecipe
 
     started = time.perf_counter()
-    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
-    spacing = tuple(float(s) for s in volume.spacing)
-    maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
-    model = LesionHeatmapModel("cpu")
-    probability = model.probability_map(maps)  # type: ignore[arg-type]
-    detections = detections_from(probability, maps, spacing, threshold=model.threshold,  # type: ignore[arg-type]
-                                 min_volume_mm3=model.min_volume_mm3, max_detections=None)
+    found = phantom_detections(seed)
+    phantom, volume, lungs, spacing = found.phantom, found.volume, found.lungs, found.spacing
+    maps, probability, detections = found.maps, found.probability, found.detections
     ranker_scores = LesionRanker("cpu").score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
     labels, lesion_of = label_detections(detections, phantom.lesions, recipe["positive_overlap"])
     sampler = PatchSampler(volume.array, lungs.region, spacing, maps, probability)  # type: ignore[arg-type]
