@@ -93,10 +93,36 @@ def two_worker_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         server.stop()
 
 
+def _wait_until_both_workers_accept(server: ServerProcess, workers: list[int], timeout_s: float = 60.0) -> None:
+    """Return once two keep-alive connections land one per worker.
+
+    The server is ready when one worker answers; on a loaded machine the other may still be
+    importing the app and has not joined the balancing yet, so until then its peer rightly takes
+    every connection. The even split is a claim about both workers running.
+    """
+    deadline = time.monotonic() + timeout_s
+    counts: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        clients = [httpx.Client(headers=server.headers, timeout=30) for _ in range(2)]
+        try:
+            for client in clients:
+                assert client.get(server.url + "/api/v1/audit", params={"limit": 1}).status_code == 200
+            counts = _established_per_process(workers, server.port)
+            if sorted(counts.values()) == [1, 1]:
+                return
+        finally:
+            for client in clients:
+                client.close()
+        time.sleep(0.5)
+    pytest.fail(f"the two workers never shared two connections: {counts}")
+
+
 def test_keep_alive_connections_are_split_evenly(two_worker_server: ServerProcess) -> None:
     server = two_worker_server
     workers = _workers(server)
     assert len(workers) == 2
+    _wait_until_both_workers_accept(server, workers)
+    time.sleep(0.5)  # let the workers see the closes
     for attempt in range(3):
         clients = [httpx.Client(headers=server.headers, timeout=30) for _ in range(8)]
         barrier = threading.Barrier(len(clients))
