@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -59,7 +60,7 @@ from sensecare.analysis.ranker import LesionRanker, describe
 from sensecare.analysis.verifier import LesionVerifier, PatchSampler
 from sensecare.dicom.volume import Volume
 
-__all__ = ["detect_lesions", "lesion_probability"]
+__all__ = ["detect_lesions", "lesion_probability", "second_scores"]
 
 #: The classical outline is trusted when its centroid lies within this many detection radii
 #: (never less than MIN_AGREEMENT_MM) and its volume within VOLUME_FACTOR of the detection's.
@@ -103,16 +104,16 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
         opinions: list[dict[str, float]] = [{} for _ in detections]
     else:
         ranked = ranker.score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
-        order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker.min_score]
-        verified: dict[int, float] = {}
-        if verifier is not None:
-            order = order[: verifier.max_candidates]
+
+        def verify(chosen: list[int]) -> np.ndarray:
             sampler = PatchSampler(volume.array, lungs.region, spacing, maps, probability)  # type: ignore[arg-type]
-            patches = sampler.for_detections([detections[i] for i in order])
-            verified = dict(zip(order, (float(v) for v in verifier.score(patches))))
-        second = {i: verifier.combine(float(ranked[i]), verified[i]) if verifier is not None else float(ranked[i])
-                  for i in order}
-        order = sorted(order, key=lambda i: -second[i])[: ranker.max_findings]
+            return verifier.score(sampler.for_detections([detections[i] for i in chosen]))  # type: ignore[union-attr]
+
+        order, verified, second = second_scores(
+            ranked, ranker.min_score, ranker.max_findings,
+            verify=verify if verifier is not None else None,
+            max_candidates=verifier.max_candidates if verifier is not None else 0,
+            combine=verifier.combine if verifier is not None else None)
         detections = [detections[i] for i in order]
         opinions = [{"ranker_score": float(ranked[i]), **({"verifier_score": verified[i]} if i in verified else {}),
                      "second_score": second[i]} for i in order]
@@ -140,6 +141,28 @@ def detect_lesions(volume: Volume, lungs, model: LesionHeatmapModel,  # type: ig
                     "classical_outline": 1.0 if lesion is outline else 0.0}
         lesions.append(dataclasses.replace(lesion, confidence=score, features=features))
     return merge_overlapping(lesions)
+
+
+def second_scores(ranked: np.ndarray, min_score: float, max_findings: int, *,
+                  verify: Callable[[list[int]], np.ndarray] | None = None, max_candidates: int = 0,
+                  combine: Callable[[float, float], float] | None = None
+                  ) -> tuple[list[int], dict[int, float], dict[int, float]]:
+    """Which detections go on, best first: ``(order, verifier probability, second score)`` by index.
+
+    Detections with a ranker probability of at least ``min_score`` are ordered by it; with a
+    verifier, its best ``max_candidates`` are verified (``verify`` gets their indices) and
+    re-ordered by ``combine(ranker, verifier)``; at most ``max_findings`` are kept. One copy,
+    shared with the verifier's training script, which picks the weight on this very order.
+    """
+    order = [int(i) for i in np.argsort(-ranked, kind="stable") if ranked[i] >= min_score]
+    verified: dict[int, float] = {}
+    if verify is not None and combine is not None:
+        order = order[:max_candidates]
+        verified = dict(zip(order, (float(v) for v in verify(order))))
+        second = {i: combine(float(ranked[i]), verified[i]) for i in order}
+    else:
+        second = {i: float(ranked[i]) for i in order}
+    return sorted(order, key=lambda i: -second[i])[:max_findings], verified, second
 
 
 def confidence_of(peak_probability: float, ranker_probability: float) -> float:

@@ -38,7 +38,7 @@ from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.heatmap import FeatureMaps, HeatmapDetection
 from sensecare.analysis.morphology import block_mean
 
-__all__ = ["CHANNELS", "COARSE_MM", "FINE_MM", "PATCH", "LesionVerifier", "PatchSampler"]
+__all__ = ["CHANNELS", "COARSE_MM", "FINE_MM", "PATCH", "LesionVerifier", "PatchSampler", "weighted_mean"]
 
 PATCH = 24
 FINE_MM = 1.5
@@ -152,9 +152,8 @@ class LesionVerifier:
         each vetoes what it is sure is a vessel; the weight is chosen on the bundle's validation
         phantoms (``configs/train.json``).
         """
-        r = max(ranker_probability, 1e-6)
-        v = max(verifier_probability, 1e-6)
-        return float(r ** (1.0 - self.weight) * v**self.weight)
+        return weighted_mean(ranker_probability, verifier_probability, self.weight)
+
 
     def score(self, patches: np.ndarray, batch: int = 128) -> np.ndarray:
         """Lesion probability per patch (the four views of :data:`CHANNELS`)."""
@@ -167,3 +166,10 @@ class LesionVerifier:
                 logits = self.model(x)[:, 0].float() - self.prior_shift
                 out[start : start + len(x)] = torch.sigmoid(logits).cpu().numpy()
         return out
+
+
+def weighted_mean(ranker_probability: float, verifier_probability: float, weight: float) -> float:
+    """``ranker ** (1 - weight) * verifier ** weight``, each floored at 1e-6 (a zero does not erase the other)."""
+    r = max(ranker_probability, 1e-6)
+    v = max(verifier_probability, 1e-6)
+    return float(r ** (1.0 - weight) * v**weight)

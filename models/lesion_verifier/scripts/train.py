@@ -187,8 +187,9 @@ def main() -> None:
         seeds_of,
         sensitivities,
     )
-    from sensecare.analysis.detect import confidence_of
+    from sensecare.analysis.detect import confidence_of, second_scores
     from sensecare.analysis.device import resolve_device
+    from sensecare.analysis.verifier import weighted_mean
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
     train_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
@@ -231,15 +232,12 @@ def main() -> None:
         for case in np.unique(val["case"]):
             rows = np.flatnonzero(val["case"] == case)
             ranked = val["ranker"][rows]
-            order = [i for i in np.argsort(-ranked, kind="stable") if ranked[i] >= ranker_recipe["min_score"]]
-            if weight is None:
-                second = {i: float(ranked[i]) for i in order}
-            else:
-                order = order[: recipe["max_candidates"]]
-                second = {i: float(max(ranked[i], 1e-6) ** (1 - weight) * max(p_val[rows[i]], 1e-6) ** weight)
-                          for i in order}
-                order = sorted(order, key=lambda i: -second[i])
-            for i in order[: ranker_recipe["max_findings"]]:
+            order, _, second = second_scores(
+                ranked, ranker_recipe["min_score"], ranker_recipe["max_findings"],
+                verify=(lambda chosen, rows=rows: p_val[rows[chosen]]) if weight is not None else None,
+                max_candidates=recipe["max_candidates"],
+                combine=(lambda r, v, w=weight: weighted_mean(r, v, w)) if weight is not None else None)
+            for i in order:
                 out[rows[i]] = confidence_of(float(val["peak"][rows[i]]), second[i])
         return out
 
