@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FP_RATES", "PhantomDetections", "auc", "fit_binary", "label_detections", "log", "make_cache",
-           "phantom_detections", "read_back_phantom", "seeds_of", "sensitivities"]
+           "phantom_detections", "read_back_phantom", "seeds_of", "sensitivities", "training_spec"]
 
 #: False positives per scan at which the detection bundles report lesion sensitivity (the CPM points).
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -76,8 +76,24 @@ class PhantomDetections:
     detections: list
 
 
-def phantom_detections(seed: int) -> PhantomDetections:
-    """The seed's phantom (``sensecare.evaluation.run.PhantomRecipe``) read back, its voxel features and
+def training_spec(seed: int, *, enriched: bool = False):  # type: ignore[no-untyped-def]
+    """The seed's phantom spec: the evaluation's population (``PhantomRecipe``), or with ``enriched``
+    the same acquisitions and bodies holding 4-7 lesions, mostly sub-solid
+    (:func:`sensecare.phantom.lesions.enriched_lesion_specs`): a random phantom holds about one
+    sub-solid nodule, too few for a classifier to learn them from a few dozen phantoms."""
+    import dataclasses
+
+    from sensecare.evaluation.run import PhantomRecipe
+    from sensecare.phantom.lesions import enriched_lesion_specs
+
+    spec = PhantomRecipe().spec_for(seed)
+    if not enriched:
+        return spec
+    return dataclasses.replace(spec, lesions=enriched_lesion_specs(np.random.default_rng([int(seed), 23])))
+
+
+def phantom_detections(seed: int, *, enriched: bool = False) -> PhantomDetections:
+    """The seed's phantom (:func:`training_spec`) read back, its voxel features and
     the current voxel classifier's detections, found exactly as in the analysis but without a cap:
     what the second-stage bundles (ranker, verifier) train on."""
     from sensecare.analysis.heatmap import (
@@ -85,9 +101,8 @@ def phantom_detections(seed: int) -> PhantomDetections:
         detections_from,
         voxel_features,
     )
-    from sensecare.evaluation.run import PhantomRecipe
 
-    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
+    phantom, volume, lungs = read_back_phantom(training_spec(seed, enriched=enriched), f"seed {seed}")
     spacing = tuple(float(s) for s in volume.spacing)
     maps = voxel_features(volume.array, lungs.region, spacing, lungs.lungs)  # type: ignore[arg-type]
     model = LesionHeatmapModel("cpu")

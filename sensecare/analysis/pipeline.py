@@ -130,13 +130,15 @@ def analyze_series(
     series_instance_uid: str | None = None,
     progress: Progress | None = None,
     write_dicom: bool = True,
+    min_confidence: float = MIN_CONFIDENCE,
 ) -> AnalysisResult:
     """Analyse one CT series given as files; write the report (and SEG/SR) under ``out_dir``."""
     torch_device = resolve_device(device)  # fail on a bad --device before reading anything
     clock = _Clock(progress)
     volume, slices = read_series(paths, series_instance_uid)
     clock.lap("read")
-    return analyze_volume(volume, slices, out_dir, clock=clock, device=str(torch_device), write_dicom=write_dicom)
+    return analyze_volume(volume, slices, out_dir, clock=clock, device=str(torch_device), write_dicom=write_dicom,
+                          min_confidence=min_confidence)
 
 
 def analyze_volume(
@@ -147,8 +149,13 @@ def analyze_volume(
     clock: _Clock | None = None,
     device: str = "cpu",
     write_dicom: bool = True,
+    min_confidence: float = MIN_CONFIDENCE,
 ) -> AnalysisResult:
-    """Analyse a volume whose slice datasets (volume order) are given; write results under ``out_dir``."""
+    """Analyse a volume whose slice datasets (volume order) are given; write results under ``out_dir``.
+
+    Findings below ``min_confidence`` are not reported; only an evaluation tracing a whole FROC
+    curve asks for less than the product's :data:`MIN_CONFIDENCE`.
+    """
     from sensecare.analysis.detect import detect_lesions
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
@@ -163,10 +170,10 @@ def analyze_volume(
     heatmap = _heatmap_model(device)
     ranker = _ranker_model(device)
     verifier = _verifier_model(device)
-    found = detect_lesions(volume, lungs, heatmap, ranker, verifier=verifier, min_confidence=MIN_CONFIDENCE)
+    found = detect_lesions(volume, lungs, heatmap, ranker, verifier=verifier, min_confidence=min_confidence)
     network = _lesion_network(device)
     found = refine_lesions(volume.array, volume.spacing, found, network)
-    found = [lesion for lesion in found if lesion.confidence >= MIN_CONFIDENCE]
+    found = [lesion for lesion in found if lesion.confidence >= min_confidence]
     clock.lap("lesions")
 
     lesions: list[LesionReport] = []

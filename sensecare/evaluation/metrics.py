@@ -188,11 +188,12 @@ class PairError:
     long_axis_error_mm: float | None
 
 
-def pair_errors(scans: Sequence[ScanMatch]) -> list[PairError]:
+def pair_errors(scans: Sequence[ScanMatch], min_confidence: float = 0.0) -> list[PairError]:
+    """Measurement errors of each included lesion against its best hit, where that scores ``min_confidence`` or more."""
     out = []
     for scan in scans:
         for o in scan.included:
-            if o.best is None:
+            if o.best is None or o.best.confidence < min_confidence:
                 continue
             t, d = o.truth, o.best
             vol = None
@@ -284,11 +285,16 @@ class Summary:
     pairs: tuple[PairError, ...]
 
 
-def summarize(cases: Sequence[CaseOutcome], threshold: float = 0.5, bootstrap: int = 0, seed: int = 0) -> Summary:
-    """All metrics of a set of scans at one operating threshold (bootstrap: resamples for the CPM interval)."""
+def summarize(cases: Sequence[CaseOutcome], threshold: float = 0.5, bootstrap: int = 0, seed: int = 0,
+              measured_from: float = 0.0) -> Summary:
+    """All metrics of a set of scans at one operating threshold (bootstrap: resamples for the CPM interval).
+
+    Measurement errors count the lesions found at ``measured_from`` or above (what a report shows);
+    the FROC uses every detection.
+    """
     scans = [c.match for c in cases]
     result = bootstrap_froc(scans, bootstrap, seed) if bootstrap else froc(scans)
-    pairs = pair_errors(scans)
+    pairs = pair_errors(scans, measured_from)
     sizes = [name for _, name in SIZE_BINS]
     return Summary(
         n_scans=len(scans), threshold=float(threshold), froc=result,
@@ -319,7 +325,7 @@ class GroupRow:
 
 
 def group_table(cases: Sequence[CaseOutcome], key: str, threshold: float = 0.5,
-                order: Sequence[str] = ()) -> list[GroupRow]:
+                order: Sequence[str] = (), measured_from: float = 0.0) -> list[GroupRow]:
     """One row per value of ``case.groups[key]`` (cases without it are left out)."""
     groups: dict[str, list[CaseOutcome]] = defaultdict(list)
     for c in cases:
@@ -332,7 +338,7 @@ def group_table(cases: Sequence[CaseOutcome], key: str, threshold: float = 0.5,
         scans = [c.match for c in members]
         f = froc(scans)
         det = detection_prf(scans, threshold)
-        vol = summarize_errors([p.volume_error for p in pair_errors(scans)])
+        vol = summarize_errors([p.volume_error for p in pair_errors(scans, measured_from)])
         rows.append(GroupRow(
             group=name, n_scans=len(members), n_lesions=f.n_lesions, cpm=f.cpm, sensitivity_at_1fp=f.sensitivity_at(1.0),
             recall=det.recall, precision=det.precision, volume_error_median_abs=vol.median_abs,

@@ -167,7 +167,8 @@ def evaluation_json(ev: Evaluation) -> dict[str, Any]:
             "recipe": cfg.recipe, "cases_dir": cfg.cases_dir, "robustness": cfg.robustness,
             "robustness_phantoms": cfg.robustness_phantoms if cfg.robustness else 0,
             "robustness_reference": ROBUSTNESS_REFERENCE, "robustness_grid": ROBUSTNESS_GRID,
-            "threshold": cfg.threshold, "min_diameter_mm": cfg.min_diameter_mm, "bootstrap": cfg.bootstrap,
+            "threshold": cfg.threshold, "froc_floor": cfg.froc_floor, "reported_from": cfg.reported_from,
+            "min_diameter_mm": cfg.min_diameter_mm, "bootstrap": cfg.bootstrap,
             "device": cfg.device, "matching_rule": MATCHING_RULE,
         },
         "n_cases": len(ev.main_cases),
@@ -328,6 +329,8 @@ def markdown(ev: Evaluation) -> str:
     failed = [c for c in ev.cases if c.error]
     out.append(f"- {len(main)} scans in the main set ({sum(1 for c in main if c.error)} failed), operating threshold "
                f"{cfg.threshold:g}, lesions >= {cfg.min_diameter_mm:g} mm counted\n")
+    out.append(f"- FROC over every finding down to confidence {cfg.froc_floor:g}; volume and diameter errors on "
+               f"the lesions found at {cfg.reported_from:g} or above (what a report shows)\n")
     out.append(f"- matching: {MATCHING_RULE}\n")
     s = ev.summary
     if s is not None:

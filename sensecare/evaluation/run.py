@@ -151,6 +151,12 @@ class EvaluationConfig:
     robustness: bool = False
     robustness_phantoms: int = 6
     threshold: float = 0.5
+    #: Findings down to this confidence are asked of the analysis: the FROC is traced over them
+    #: (LUNA16 scores every candidate); the product's own floor would cut the curve short.
+    froc_floor: float = 0.05
+    #: What a report shows (``sensecare.analysis.pipeline.MIN_CONFIDENCE``): volume and diameter
+    #: errors are measured on the lesions found at or above it.
+    reported_from: float = 0.2
     min_diameter_mm: float = 5.0
     bootstrap: int = 1000
     device: str = "cpu"
@@ -178,6 +184,9 @@ def plan_cases(config: EvaluationConfig) -> list[CaseInput]:
         raise EvaluationError(f"--seed-start must be a non-negative integer, got {config.seed_start}")
     if not 0.0 <= config.threshold <= 1.0:
         raise EvaluationError(f"threshold {config.threshold:g} is outside 0-1")
+    if not 0.0 <= config.froc_floor <= config.reported_from <= 1.0:
+        raise EvaluationError(f"the FROC floor {config.froc_floor:g} must lie in 0-1 and not above the reporting "
+                              f"floor {config.reported_from:g}")
     if not 0.0 <= config.min_diameter_mm <= 100.0:
         raise EvaluationError(f"minimum diameter {config.min_diameter_mm:g} mm is outside 0-100 mm")
     if config.bootstrap < 0:
@@ -241,7 +250,7 @@ def _read_truth(folder: Path) -> dict[str, Any]:
         raise EvaluationError(f"{path}: not readable ground truth ({exc})") from exc
 
 
-def run_case(case: CaseInput, out_dir: Path, device: str = "cpu") -> CaseResult:
+def run_case(case: CaseInput, out_dir: Path, device: str = "cpu", min_confidence: float = 0.2) -> CaseResult:
     """Generate (if a phantom), analyse and collect one case; analysis failures become ``error``."""
     timing: dict[str, float] = {}
     started = time.perf_counter()
@@ -272,7 +281,8 @@ def run_case(case: CaseInput, out_dir: Path, device: str = "cpu") -> CaseResult:
             files = find_dicom_files(folder).dicom
             if not files:
                 raise EvaluationError(f"{folder} holds no DICOM files")
-            result = analyze_series(files, out_dir / "cases" / _safe(case.case_id), device=device, write_dicom=False)
+            result = analyze_series(files, out_dir / "cases" / _safe(case.case_id), device=device, write_dicom=False,
+                                    min_confidence=min_confidence)
             report = result.report
             detections = tuple(Detection.from_report(lesion) for lesion in report.lesions)
             po_pred, pho_pred = report.opacity.percent_opacity, report.opacity.percent_high_opacity
@@ -338,7 +348,7 @@ def evaluate(config: EvaluationConfig, progress: Progress | None = None) -> Eval
     results: list[CaseResult] = []
     if config.jobs > 1:
         with ProcessPoolExecutor(max_workers=config.jobs) as pool:
-            futures = [pool.submit(run_case, case, config.out, config.device) for case in cases]
+            futures = [pool.submit(run_case, case, config.out, config.device, config.froc_floor) for case in cases]
             for done, (case, future) in enumerate(zip(cases, futures)):
                 if progress:
                     progress(case.case_id, done, len(cases))
@@ -347,21 +357,23 @@ def evaluate(config: EvaluationConfig, progress: Progress | None = None) -> Eval
         for done, case in enumerate(cases):
             if progress:
                 progress(case.case_id, done, len(cases))
-            results.append(run_case(case, config.out, config.device))
+            results.append(run_case(case, config.out, config.device, config.froc_floor))
     if progress:
         progress("summary", len(cases), len(cases))
     main = [r for r in results if r.setting == MAIN]
     outcomes = tuple(r.outcome(config.min_diameter_mm) for r in main)
-    summary = summarize(outcomes, config.threshold, config.bootstrap) if main else None
-    everything = summarize([r.outcome(0.0) for r in main], config.threshold) if main else None
-    subgroups = {key: group_table(outcomes, key, config.threshold, order) for key, order in SUBGROUP_ORDER.items()}
+    measured = config.reported_from
+    summary = summarize(outcomes, config.threshold, config.bootstrap, measured_from=measured) if main else None
+    everything = summarize([r.outcome(0.0) for r in main], config.threshold, measured_from=measured) if main else None
+    subgroups = {key: group_table(outcomes, key, config.threshold, order, measured)
+                 for key, order in SUBGROUP_ORDER.items()}
     subgroups = {k: v for k, v in subgroups.items() if len(v) > 1}
     robust = tuple(
         replace(r.outcome(config.min_diameter_mm), groups={**r.groups, "setting": r.setting})
         for r in results if r.setting != MAIN
     )
     order = [s.name for s in robustness_settings()]
-    robustness = group_table(robust, "setting", config.threshold, order) if robust else []
+    robustness = group_table(robust, "setting", config.threshold, order, measured) if robust else []
     models: dict[tuple[str, str], Mapping[str, str]] = {}
     for r in results:
         for m in r.models:

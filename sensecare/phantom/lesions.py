@@ -33,6 +33,7 @@ from sensecare.phantom.trees import Trees, Tubes
 __all__ = [
     "Blob",
     "LesionPlan",
+    "enriched_lesion_specs",
     "lesion_fraction",
     "lesion_sdf_points",
     "lesion_value",
@@ -256,21 +257,36 @@ def _calibrate(plan: LesionPlan, anat: Anatomy) -> None:
 # --- placement -------------------------------------------------------------------------
 
 
-def random_lesion_specs(rng: np.random.Generator) -> tuple[LesionSpec, ...]:
-    """A seeded mix of 1 to 4 lesions of varied types, sizes and locations."""
-    n = int(rng.integers(1, 5))
-    types = ["solid", "part_solid", "ground_glass", "consolidation", "mass"]
-    sizes = {"solid": (4, 28), "part_solid": (8, 30), "ground_glass": (5, 30), "consolidation": (20, 55), "mass": (32, 70)}
+#: Lesion types, their share of a random phantom's lesions and their diameter range (mm).
+LESION_TYPES = ("solid", "part_solid", "ground_glass", "consolidation", "mass")
+TYPE_SHARES = (0.42, 0.15, 0.2, 0.1, 0.13)
+DIAMETER_RANGES_MM = {"solid": (4, 28), "part_solid": (8, 30), "ground_glass": (5, 30),
+                      "consolidation": (20, 55), "mass": (32, 70)}
+#: The enriched mix for training second-stage classifiers: sub-solid nodules, the ones a
+#: random phantom holds fewest of (about one per phantom) and detectors find hardest.
+ENRICHED_COUNT = (4, 7)
+ENRICHED_SHARES = (0.3, 0.25, 0.3, 0.05, 0.1)
+
+
+def random_lesion_specs(rng: np.random.Generator, *, count: tuple[int, int] = (1, 4),
+                        shares: tuple[float, ...] = TYPE_SHARES) -> tuple[LesionSpec, ...]:
+    """A seeded mix of ``count`` (inclusive range) lesions of varied types, sizes and locations."""
+    n = int(rng.integers(count[0], count[1] + 1))
     out = []
     for _ in range(n):
-        kind = str(rng.choice(types, p=[0.42, 0.15, 0.2, 0.1, 0.13]))
-        lo, hi = sizes[kind]
+        kind = str(rng.choice(LESION_TYPES, p=list(shares)))
+        lo, hi = DIAMETER_RANGES_MM[kind]
         diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         loc = str(rng.choice(["random", "juxtapleural", "juxtavascular", "central"], p=[0.4, 0.25, 0.25, 0.1]))
         if kind == "consolidation" and loc == "juxtavascular":
             loc = "juxtapleural"
         out.append(LesionSpec(kind, round(diameter, 1), loc))
     return tuple(out)
+
+
+def enriched_lesion_specs(rng: np.random.Generator) -> tuple[LesionSpec, ...]:
+    """More lesions per phantom, weighted towards sub-solid ones (training data, not evaluation)."""
+    return random_lesion_specs(rng, count=ENRICHED_COUNT, shares=ENRICHED_SHARES)
 
 
 def plan_lesions(specs: tuple[LesionSpec, ...], anat: Anatomy, model: LungModel, trees: Trees,

@@ -10,8 +10,10 @@ from sensecare.analysis.bundle_training import (
     auc,
     label_detections,
     sensitivities,
+    training_spec,
 )
 from sensecare.analysis.heatmap import HeatmapDetection
+from sensecare.phantom.lesions import ENRICHED_COUNT, random_lesion_specs
 
 
 def _detection(offset: tuple[int, int, int], size: int, peak: tuple[int, int, int]) -> HeatmapDetection:
@@ -44,3 +46,21 @@ def test_sensitivity_at_k_false_positives_per_scan_counts_each_lesion_once() -> 
     assert by_rate[0.125] == 0.5  # no false positive allowed: only what beats 0.7
     assert by_rate[1.0] == 1.0  # two allowed in two scans: both negatives may pass, every detection counts
     assert auc(scores, data["y"]) == pytest.approx(5 / 6)
+
+
+def test_enriched_training_phantoms_keep_the_population_acquisition_and_hold_more_sub_solid_lesions() -> None:
+    plain, enriched = training_spec(4000), training_spec(4000, enriched=True)
+    assert plain.lesions == "random"
+    assert enriched == training_spec(4000, enriched=True)  # seeded
+    drop = ("lesions",)
+    assert {k: v for k, v in vars(plain).items() if k not in drop} == {k: v for k, v in vars(enriched).items() if k not in drop}
+    counts, sub_solid = [], 0
+    for seed in range(4000, 4040):
+        lesions = training_spec(seed, enriched=True).lesions
+        counts.append(len(lesions))
+        sub_solid += sum(spec.type in ("part_solid", "ground_glass") for spec in lesions)
+    assert ENRICHED_COUNT[0] <= min(counts) and max(counts) <= ENRICHED_COUNT[1]
+    assert sub_solid / sum(counts) > 0.4  # a random phantom's share is 0.35 of 2.5 lesions
+    # the population's draws are unchanged by the new keywords
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    assert random_lesion_specs(a) == random_lesion_specs(b, count=(1, 4))

@@ -95,6 +95,27 @@ def test_volume_diameter_and_opacity_errors_by_hand() -> None:
     assert rows["M"].recall == 1.0 and rows["F"].po_mean_abs_error == pytest.approx(1.0)
 
 
+def test_measurements_count_only_reported_lesions_while_the_froc_counts_all() -> None:
+    """L2's best hit scores 0.3: a report floor of 0.5 leaves its volume error out, not its FROC point."""
+    scans = _scans()
+    assert [p.truth_id for p in pair_errors(scans, 0.5)] == [1, 3]
+    cases = [CaseOutcome(scan, None, None, None, None, {"sex": "F"}) for scan in scans]
+    everything, reported = summarize(cases, 0.5), summarize(cases, 0.5, measured_from=0.5)
+    assert (everything.volume_error.n, reported.volume_error.n) == (3, 2)
+    assert reported.volume_error.median_abs == pytest.approx(0.2)
+    assert reported.froc == everything.froc
+    assert group_table(cases, "sex", 0.5, measured_from=0.5)[0].volume_error_median_abs == pytest.approx(0.2)
+
+
+def test_evaluation_reports_from_the_products_floor() -> None:
+    """Measurement errors are those of what a report shows; the FROC floor lies below it."""
+    from sensecare.analysis.pipeline import MIN_CONFIDENCE
+
+    config = EvaluationConfig(out=Path("unused"))
+    assert config.reported_from == MIN_CONFIDENCE
+    assert 0.0 < config.froc_floor < config.reported_from
+
+
 def test_plan_cases_and_robustness_grid(tmp_path: Path) -> None:
     recipe = PhantomRecipe(matrix=128)
     cases = plan_cases(EvaluationConfig(out=tmp_path, phantoms=3, seed_start=5000, recipe=recipe,
@@ -110,7 +131,8 @@ def test_plan_cases_and_robustness_grid(tmp_path: Path) -> None:
     assert (thick.spec.size, thick.spec.sex, thick.spec.diffuse) == (ref.spec.size, ref.spec.sex, ref.spec.diffuse)
     assert recipe.spec_for(5001) == recipe.spec_for(5001)
     for bad in ({"phantoms": 0}, {"phantoms": 2, "threshold": 1.5}, {"phantoms": -1},
-                {"cases_dir": tmp_path / "nowhere"}, {"phantoms": 1, "robustness": True, "robustness_phantoms": 0}):
+                {"cases_dir": tmp_path / "nowhere"}, {"phantoms": 1, "robustness": True, "robustness_phantoms": 0},
+                {"phantoms": 1, "froc_floor": 0.3}):
         with pytest.raises(EvaluationError):
             plan_cases(EvaluationConfig(out=tmp_path, **bad))  # type: ignore[arg-type]
 

@@ -46,9 +46,20 @@ if str(REPO) not in sys.path:
 
 
 
+def is_enriched(seed: int, recipe: dict) -> bool:
+    """Whether the seed is one of the recipe's lesion-enriched training phantoms."""
+    from sensecare.analysis.bundle_training import seeds_of
+
+    return "enriched_train_seeds" in recipe and seed in seeds_of(recipe, "enriched_train_seeds")
+
+
+def cache_file(seed: int, cache: Path, recipe: dict) -> Path:
+    return cache / f"{'enriched' if is_enriched(seed, recipe) else 'seed'}-{seed}.npz"
+
+
 def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     """Make (or find) the cached patches of one phantom's detections."""
-    out = cache / f"seed-{seed}.npz"
+    out = cache_file(seed, cache, recipe)
     if out.exists():
         return f"seed {seed}: cached"
     import torch
@@ -59,7 +70,7 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     from sensecare.analysis.verifier import PatchSampler
 
     started = time.perf_counter()
-    found = phantom_detections(seed)
+    found = phantom_detections(seed, enriched=is_enriched(seed, recipe))
     phantom, volume, lungs, spacing = found.phantom, found.volume, found.lungs, found.spacing
     maps, probability, detections = found.maps, found.probability, found.detections
     ranker_scores = LesionRanker("cpu").score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
@@ -85,17 +96,18 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
             f"{time.perf_counter() - started:.0f} s")
 
 
-def load(seeds: list[int], cache: Path, *, jittered: bool) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "lesion", "case", "peak", "ranker")}
+def load(seeds: list[int], cache: Path, recipe: dict, *, jittered: bool) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "lesion", "case", "peak", "ranker", "original")}
     truths = []
     for seed in seeds:
-        with np.load(cache / f"seed-{seed}.npz") as data:
+        with np.load(cache_file(seed, cache, recipe)) as data:
             parts["x"].append(data["patches"])
             parts["y"].append(data["labels"])
             parts["lesion"].append(data["lesion"])
             parts["case"].append(np.full(len(data["labels"]), seed, np.int32))
             parts["peak"].append(data["peak"])
             parts["ranker"].append(data["ranker"])
+            parts["original"].append(np.ones(len(data["labels"]), bool))
             if jittered and len(data["jittered"]):
                 n = len(data["jittered"])
                 parts["x"].append(data["jittered"])
@@ -104,6 +116,7 @@ def load(seeds: list[int], cache: Path, *, jittered: bool) -> dict[str, np.ndarr
                 parts["case"].append(np.full(n, seed, np.int32))
                 parts["peak"].append(data["peak"][data["jittered_of"]])
                 parts["ranker"].append(data["ranker"][data["jittered_of"]])
+                parts["original"].append(np.zeros(n, bool))
             truths += [(seed, int(i), float(d)) for i, d in data["truth"]]
     out = {key: np.concatenate(value) for key, value in parts.items()}
     out["truth"] = np.array(truths, dtype=np.float64).reshape(-1, 3)
@@ -172,6 +185,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--train-phantoms", type=int, help="use only the first N training seeds")
+    parser.add_argument("--enriched-phantoms", type=int, help="use only the first N lesion-enriched seeds")
     parser.add_argument("--validation-phantoms", type=int, help="use only the first N validation seeds (at least 1)")
     parser.add_argument("--data-only", action="store_true", help="make the cached patches and stop")
     args = parser.parse_args()
@@ -192,7 +206,8 @@ def main() -> None:
     from sensecare.analysis.verifier import weighted_mean
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    train_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
+    population_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
+    train_seeds = population_seeds + seeds_of(recipe, "enriched_train_seeds")[: args.enriched_phantoms]
     val_seeds = seeds_of(recipe, "validation_seeds")[: args.validation_phantoms or None]
     args.cache.mkdir(parents=True, exist_ok=True)
     data_s = make_cache(patches_for_seed, val_seeds + train_seeds, args.cache, recipe, args.jobs)
@@ -200,10 +215,14 @@ def main() -> None:
         return
 
     device = resolve_device(args.device)
-    train_data, val = load(train_seeds, args.cache, jittered=True), load(val_seeds, args.cache, jittered=False)
+    train_data = load(train_seeds, args.cache, recipe, jittered=True)
+    val = load(val_seeds, args.cache, recipe, jittered=False)
     keep = train_data["y"] >= 0
     x_train, y_train = train_data["x"][keep], train_data["y"][keep]
-    true_share = float((train_data["y"][keep] == 1).mean())
+    # The calibration's base rate is the population's (original detections of its phantoms only):
+    # enriched phantoms and jittered copies raise the share of lesions, the analysed scans do not.
+    population = np.isin(train_data["case"], population_seeds) & train_data["original"] & keep
+    true_share = float((train_data["y"][population] == 1).mean())
     prior_shift = float(np.log(recipe["positive_share"] / (1 - recipe["positive_share"]))
                         - np.log(true_share / (1 - true_share)))
     log(f"training patches: {len(y_train)} ({int(y_train.sum())} on lesions, jittered copies included), "
@@ -252,7 +271,8 @@ def main() -> None:
             "as_detected_by_verifier_weight": by_weight,
             "chosen_weight": best,
         },
-        "training": {"phantoms": len(train_seeds), "patches": len(y_train), "on_lesions": int(y_train.sum())},
+        "training": {"phantoms": len(population_seeds), "enriched_phantoms": len(train_seeds) - len(population_seeds),
+                     "patches": len(y_train), "on_lesions": int(y_train.sum())},
     }
     log(json.dumps(metrics, indent=1))
     np.savez_compressed(args.cache / "validation-scores.npz", verifier=p_val, ranker=val["ranker"], peak=val["peak"],
