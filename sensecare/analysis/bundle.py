@@ -46,9 +46,7 @@ def load_network(bundle: Path, device, *, what: str,  # type: ignore[no-untyped-
     """
     import torch
 
-    weights = bundle / "models" / "model.pt"
-    if not weights.exists():
-        raise ConfigurationError(f"{what} weights are missing: {weights} (train with {bundle}/scripts/train.py)")
+    _weights(bundle, what)  # the TorchScript stamp is a digest of them: fail clearly first
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     scripted = bundle / "models" / TORCHSCRIPT
     if scripted.exists():
@@ -67,9 +65,7 @@ def build_network(bundle: Path, overrides: dict[str, Any] | None = None, *, what
     import torch
     from monai.bundle import ConfigParser
 
-    weights = bundle / "models" / "model.pt"
-    if not weights.exists():
-        raise ConfigurationError(f"{what} weights are missing: {weights} (train with {bundle}/scripts/train.py)")
+    weights = _weights(bundle, what)
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
     for key, value in (overrides or {}).items():
@@ -80,6 +76,14 @@ def build_network(bundle: Path, overrides: dict[str, Any] | None = None, *, what
     except RuntimeError as exc:  # shapes of another feature list or network
         raise ConfigurationError(f"{weights} does not fit {bundle}/configs; retrain it ({exc})".splitlines()[0]) from exc
     return model.eval()
+
+
+def _weights(bundle: Path, what: str) -> Path:
+    """The bundle's trained weights; their absence is a configuration error naming the script that makes them."""
+    weights = bundle / "models" / "model.pt"
+    if not weights.exists():
+        raise ConfigurationError(f"{what} weights are missing: {weights} (train with {bundle}/scripts/train.py)")
+    return weights
 
 
 def source_digest(bundle: Path, overrides: dict[str, Any] | None = None) -> str:
