@@ -48,11 +48,11 @@ from sensecare.analysis.heatmap import (
     voxel_features,
 )
 from sensecare.analysis.lesions import (
-    MASS_MM,
     Lesion,
     LesionType,
     merge_overlapping,
     segment_seeds,
+    solid_type,
 )
 from sensecare.analysis.lung_cnn import LungLesionCnn, fuse_probability
 from sensecare.analysis.measure import axial_diameters
@@ -208,12 +208,7 @@ def _from_detection(detection: HeatmapDetection, volume: Volume, region: np.ndar
     mean_hu = float(hu.mean())
     sx, sy, _ = spacing_xyz
     long_axis = max((axial_diameters(mask[k], (sx, sy))[0] for k in range(mask.shape[0]) if mask[k].any()), default=0.0)
-    if mean_hu < GGO_MEAN_HU:
-        kind = LesionType.GROUND_GLASS
-    elif long_axis > MASS_MM:
-        kind = LesionType.MASS
-    else:
-        kind = LesionType.SOLID
+    kind = LesionType.GROUND_GLASS if mean_hu < GGO_MEAN_HU else solid_type(long_axis, mean_hu)
     voxel_mm3 = float(np.prod(spacing_xyz))
     features = {"mean_hu": mean_hu, "long_axis_mm": long_axis,
                 "eq_diameter_mm": 2.0 * (3.0 * np.count_nonzero(mask) * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)}

@@ -42,7 +42,7 @@ from sensecare.analysis.measure import axial_diameters
 from sensecare.analysis.morphology import bounding_box
 from sensecare.dicom.volume import Volume
 
-__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds"]
+__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds", "solid_type"]
 
 #: Sub-solid (ground-glass) detection: this many HU above the parenchyma, on a ~1.2 mm smoothed
 #: image; the outline is then drawn at half the lesion's own contrast, never below the minimum.
@@ -75,8 +75,12 @@ ENCLOSED_SHARE = 0.85
 CORE_SEARCH_MM = 6.0
 #: Share of the filled outline that must be air (bronchi kept open) for consolidation.
 AIR_BRONCHOGRAM_SHARE = 0.02
-#: A solid lesion with a long axis above this (mm) is a mass.
+#: A solid lesion with a long axis above this (mm) is a mass ...
 MASS_MM = 30.0
+#: ... unless its mean density is this far below soft tissue (about +30 HU): airspace disease,
+#: whose partly filled alveoli and open bronchi pull the mean down, is consolidation. (Open
+#: bronchi that leave the outline are no holes, so the air-bronchogram share misses them.)
+CONSOLIDATION_MAX_MEAN_HU = -25.0
 #: Width (mm) of the ring around a lesion where aerated lung is counted.
 RING_MM = 2.0
 #: Lesions below this confidence are not reported.
@@ -715,7 +719,7 @@ def _type_of(f: dict[str, float]) -> LesionType:
     ground glass without a solid core and part solid with one
     (a compact core of at least 3 mm; a long one is a vessel crossing), unless the solid part alone exceeds 30 mm (a mass
     with a halo).  Solid lesions are consolidation when irregular (not round) and
-    holding air bronchograms, a mass above 30 mm, else solid.
+    holding air bronchograms; else by :func:`solid_type`.
     """
     if f["subsolid"] and f["mean_hu"] <= GGO_MAX_HU:
         if f["solid_long_axis_mm"] > MASS_MM:
@@ -726,9 +730,15 @@ def _type_of(f: dict[str, float]) -> LesionType:
         return LesionType.GROUND_GLASS
     if f["air_fraction"] >= AIR_BRONCHOGRAM_SHARE and f["fill_ratio"] < 0.3 and f["eq_diameter_mm"] >= 10.0:
         return LesionType.CONSOLIDATION
-    if f["long_axis_mm"] > MASS_MM:
-        return LesionType.MASS
-    return LesionType.SOLID
+    return solid_type(f["long_axis_mm"], f["mean_hu"])
+
+
+def solid_type(long_axis_mm: float, mean_hu: float) -> LesionType:
+    """A solid lesion by size and density: solid nodule up to ``MASS_MM``, above it a mass, or
+    consolidation when air keeps its mean density below ``CONSOLIDATION_MAX_MEAN_HU``."""
+    if long_axis_mm <= MASS_MM:
+        return LesionType.SOLID
+    return LesionType.CONSOLIDATION if mean_hu < CONSOLIDATION_MAX_MEAN_HU else LesionType.MASS
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:

@@ -476,3 +476,12 @@ def test_a_part_solid_nodule_seeded_in_its_ground_glass_keeps_its_core() -> None
     assert m.volume_ml == pytest.approx(4.0 / 3.0 * math.pi * 10.0**3 / 1000.0, rel=0.15)
     core_index = (round(centre[0] / 1.25), round(centre[1] / 0.8), round(centre[2] / 0.8))
     assert lesion.mask[tuple(c - o for c, o in zip(core_index, lesion.offset))]
+
+
+def test_large_solid_lesions_with_air_in_them_are_consolidation_not_mass() -> None:
+    """Partly filled alveoli and open bronchi pull a consolidation's mean density well below soft tissue."""
+    from sensecare.analysis.lesions import CONSOLIDATION_MAX_MEAN_HU, MASS_MM, solid_type
+
+    assert solid_type(MASS_MM - 1.0, -200.0) is LesionType.SOLID  # a nodule's partial volume is no air
+    assert solid_type(MASS_MM + 5.0, 25.0) is LesionType.MASS
+    assert solid_type(MASS_MM + 5.0, CONSOLIDATION_MAX_MEAN_HU - 40.0) is LesionType.CONSOLIDATION
