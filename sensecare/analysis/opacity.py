@@ -85,6 +85,28 @@ class OpacityResult:
     lung: np.ndarray          # bool: the lung volume scored (lungs, pleural-side pockets, lesions)
 
 
+@dataclass(frozen=True)
+class Parenchyma:
+    """The lung parenchyma scored and its abnormally dense part, before any lesion is added (z, y, x)."""
+
+    opacity: np.ndarray  # bool: abnormal density
+    high: np.ndarray     # bool: of those, high opacity
+    lung: np.ndarray     # bool: lungs and pleural-side pockets
+
+    @property
+    def percent_opacity(self) -> float:
+        """PO of the parenchyma alone: what the later findings do not change much, known before them."""
+        return 100.0 * float(np.count_nonzero(self.opacity)) / max(1, int(np.count_nonzero(self.lung)))
+
+
+def dense_parenchyma(hu: np.ndarray, spacing_xyz: tuple[float, float, float], lungs: np.ndarray,
+                     region: np.ndarray) -> Parenchyma:
+    """The parenchyma's opacity (see the module docstring), the bulk of the opacity stage's work."""
+    if hu.shape != lungs.shape or hu.shape != region.shape:
+        raise ValueError(f"hu {hu.shape}, lungs {lungs.shape} and region {region.shape} must have one shape")
+    return Parenchyma(*_dense_parenchyma(hu, spacing_xyz, lungs, region.astype(bool, copy=False)))
+
+
 def measure_opacity(
     hu: np.ndarray,
     spacing_xyz: tuple[float, float, float],
@@ -94,6 +116,7 @@ def measure_opacity(
     lesion_masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = (),
     superior_axis_sign: float = 1.0,
     posterior_axis_sign: float = 1.0,
+    parenchyma: Parenchyma | None = None,
 ) -> OpacityResult:
     """PO, PHO and severity for one CT volume.
 
@@ -113,11 +136,16 @@ def measure_opacity(
         Detected lesions (cropped bool masks and their (z, y, x) offsets), counted as opacity.
     superior_axis_sign, posterior_axis_sign : float
         Orientation of array axes 0 and 1 in LPS (see :func:`approximate_lobes`).
+    parenchyma : Parenchyma, optional
+        :func:`dense_parenchyma` of the same inputs when the caller needed it first; its
+        arrays become the result's (lesions are added to them in place).
     """
     if hu.shape != lungs.shape or hu.shape != region.shape:
         raise ValueError(f"hu {hu.shape}, lungs {lungs.shape} and region {region.shape} must have one shape")
     region = region.astype(bool, copy=False)
-    opacity, high, lung = _dense_parenchyma(hu, spacing_xyz, lungs, region)
+    if parenchyma is None:
+        parenchyma = dense_parenchyma(hu, spacing_xyz, lungs, region)
+    opacity, high, lung = parenchyma.opacity, parenchyma.high, parenchyma.lung
     for mask, (z0, y0, x0) in lesion_masks:
         dz, dy, dx = mask.shape
         window = (slice(z0, z0 + dz), slice(y0, y0 + dy), slice(x0, x0 + dx))

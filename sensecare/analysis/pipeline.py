@@ -43,7 +43,7 @@ Progress = Callable[[str, int, int], None]
 
 #: Findings below this confidence are not reported.
 MIN_CONFIDENCE = 0.2
-STAGES = ("read", "lungs", "lesions", "measure", "opacity", "seg", "sr", "report")
+STAGES = ("read", "lungs", "lesions", "opacity", "measure", "seg", "sr", "report")
 ALGORITHM_NAME = "SenseCare lung findings"
 
 
@@ -157,9 +157,10 @@ def analyze_volume(
     curve asks for less than the product's :data:`MIN_CONFIDENCE`.
     """
     from sensecare.analysis.detect import detect_lesions
+    from sensecare.analysis.diffuse import discount_in_diffuse_disease
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
-    from sensecare.analysis.opacity import measure_opacity
+    from sensecare.analysis.opacity import dense_parenchyma, measure_opacity
     from sensecare.analysis.refine import refine_lesions
 
     clock = clock or _Clock(None)
@@ -175,6 +176,20 @@ def analyze_volume(
     found = refine_lesions(volume.array, volume.spacing, found, network)
     found = [lesion for lesion in found if lesion.confidence >= min_confidence]
     clock.lap("lesions")
+
+    # The parenchyma first: in a diffusely abnormal scan, sub-solid findings are rather patches
+    # of the disease (sensecare.analysis.diffuse), which changes their order and who is reported.
+    parenchyma = dense_parenchyma(volume.array, volume.spacing, lungs.lungs, lungs.region)
+    found = discount_in_diffuse_disease(found, parenchyma.percent_opacity, min_confidence)
+    superior, posterior = _axis_signs(volume)
+    opacity = measure_opacity(
+        volume.array, volume.spacing, lungs.lungs, lungs.region,
+        # Only reported findings (the flag threshold) are opacity: a low-confidence candidate is
+        # usually a vessel crossing, which the opacity stage has its own rule for.
+        lesion_masks=[(lesion.mask, lesion.offset) for lesion in found if lesion.confidence >= FLAG_CONFIDENCE],
+        superior_axis_sign=superior, posterior_axis_sign=posterior, parenchyma=parenchyma,
+    )
+    clock.lap("opacity")
 
     lesions: list[LesionReport] = []
     for number, lesion in enumerate(found, start=1):
@@ -197,18 +212,8 @@ def analyze_volume(
                 tracking_uid=_tracking_uid(volume.series_instance_uid, number),
             )
         )
-    clock.lap("measure")
-
-    superior, posterior = _axis_signs(volume)
-    opacity = measure_opacity(
-        volume.array, volume.spacing, lungs.lungs, lungs.region,
-        # Only reported findings (the flag threshold) are opacity: a low-confidence candidate is
-        # usually a vessel crossing, which the opacity stage has its own rule for.
-        lesion_masks=[(lesion.mask, lesion.offset) for lesion in found if lesion.confidence >= FLAG_CONFIDENCE],
-        superior_axis_sign=superior, posterior_axis_sign=posterior,
-    )
     lesions = [_with_lobe(report, opacity.lobes, lesion) for report, lesion in zip(lesions, found)]
-    clock.lap("opacity")
+    clock.lap("measure")
 
     outputs: dict[str, str] = {}
     seg_path = sr_path = None

@@ -7,7 +7,7 @@ import pytest
 
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.lobes import Lobe, approximate_lobes
-from sensecare.analysis.opacity import measure_opacity
+from sensecare.analysis.opacity import dense_parenchyma, measure_opacity
 from sensecare.analysis.report import LesionReport, LungOpacity, Urgency
 from sensecare.analysis.triage import flags_for, urgency_for
 
@@ -75,6 +75,19 @@ def test_detected_lesions_count_as_opacity_even_when_small() -> None:
     with_lesion = measure_opacity(hu, SPACING, lungs, lungs > 0, lesion_masks=[(lesion, (30, 60, 40))]).summary
     assert with_lesion.percent_opacity > without
     assert with_lesion.percent_high_opacity > 0
+
+
+def test_the_parenchyma_computed_first_gives_the_same_scores() -> None:
+    """The pipeline measures the parenchyma before the findings (to weigh them) and hands it on."""
+    hu, lungs = _lungs()
+    hu[10:40, 30:70, 20:60] = np.where(lungs[10:40, 30:70, 20:60] > 0, -600.0, hu[10:40, 30:70, 20:60])
+    lesion = np.ones((3, 3, 3), dtype=bool)
+    parenchyma = dense_parenchyma(hu, SPACING, lungs, lungs > 0)
+    assert 0.0 < parenchyma.percent_opacity < 100.0
+    reused = measure_opacity(hu, SPACING, lungs, lungs > 0, lesion_masks=[(lesion, (30, 60, 100))], parenchyma=parenchyma)
+    fresh = measure_opacity(hu, SPACING, lungs, lungs > 0, lesion_masks=[(lesion, (30, 60, 100))])
+    assert reused.summary == fresh.summary
+    assert reused.summary.percent_opacity >= parenchyma.percent_opacity
 
 
 def _notch(lungs: np.ndarray, x: slice) -> tuple[slice, slice, slice]:
