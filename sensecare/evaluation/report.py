@@ -363,7 +363,7 @@ def markdown(ev: Evaluation) -> str:
         c = s.confusion
         out.append(_table(["truth \\ predicted", *c.predicted_labels],
                           [[t, *(c.counts[t][p] for p in c.predicted_labels)] for t in c.truth_labels]))
-        out.append("\n## Measurement error (included lesions and their best hit, any confidence)\n\n")
+        out.append(f"\n## Measurement error (included lesions and their best hit, at confidence >= {cfg.reported_from:g})\n\n")
         vol = {"all": s.volume_error, **{f"type {k}": v for k, v in s.volume_error_by_type.items()},
                **{f"size {k}": v for k, v in s.volume_error_by_size.items()}}
         out.append(_table(["volume error (pred - truth) / truth", "n", "median abs", "IQR of abs", "median signed"],

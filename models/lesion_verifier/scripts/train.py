@@ -13,17 +13,21 @@ the peak lies in one or at least ``positive_overlap`` of the mask does, no
 lesion when it touches none, ignored in between. Each lesion detection also
 gives ``jittered_copies`` patches centred up to ``jitter_mm`` away (training
 only), so the network does not learn that lesions sit exactly mid-patch.
+The ``enriched_train_seeds`` add phantoms of the same population holding 4-7
+lesions, mostly sub-solid (``training_spec(seed, enriched=True)``), for
+training only: calibration and validation use the population's phantoms.
 
 Each phantom's patches are cached in ``--cache`` (``var/verifier-cache`` by
 default); a rerun only makes what is missing. Training: binary cross-entropy
 on batches with ``positive_share`` lesions, random flips and in-plane
 transposes, AdamW with a one-cycle schedule; the logit's shift from the
-rebalanced classes back to the true prior is stored as ``prior_shift``.
+rebalanced classes back to the true prior (the population's share of lesions
+among its original detections) is stored as ``prior_shift``.
 Validation reports the detection AUC and the lesion sensitivity at 1/8 to 8
 false positives per scan, for the verifier, the ranker, and their
 combination. Results go into ``configs/metadata.json``.
 
-Run from the repository root (about 30 minutes on a 2-core CPU)::
+Run from the repository root (about 70 minutes on a 2-core CPU)::
 
     .venv/bin/python models/lesion_verifier/scripts/train.py --jobs 2 [--device auto|cpu|cuda]
 """
