@@ -107,7 +107,11 @@ def export_torchscript(bundle: Path, overrides: dict[str, Any] | None = None) ->
 
 def network_overrides(bundle: Path) -> dict[str, Any] | None:
     """The ``network_def`` keys the analysis sets for ``bundle``: an MLP's input width is its feature count."""
-    features = json.loads((bundle / "configs" / "metadata.json").read_text()).get("sensecare", {}).get("features")
+    return _overrides_of(json.loads((bundle / "configs" / "metadata.json").read_text()).get("sensecare", {}))
+
+
+def _overrides_of(settings: dict[str, Any]) -> dict[str, Any] | None:
+    features = settings.get("features")
     return {"in_channels": len(features)} if features else None
 
 
@@ -130,7 +134,7 @@ class MlpBundle:
         self.mean = np.asarray(self.settings["feature_mean"], dtype=np.float32)
         self.std = np.asarray(self.settings["feature_std"], dtype=np.float32)
         self.device = device
-        self.model, _ = load_network(bundle, device, what=what, overrides=network_overrides(bundle))
+        self.model, _ = load_network(bundle, device, what=what, overrides=_overrides_of(self.settings))
 
     def predict(self, rows: np.ndarray, batch_rows: int = 1 << 18) -> np.ndarray:
         """Probability per row of all known features (the bundle picks its own columns)."""

@@ -154,7 +154,6 @@ class LesionVerifier:
         """
         return weighted_mean(ranker_probability, verifier_probability, self.weight)
 
-
     def score(self, patches: np.ndarray, batch: int = 128) -> np.ndarray:
         """Lesion probability per patch (the four views of :data:`CHANNELS`)."""
         import torch

@@ -250,7 +250,8 @@ def _read_truth(folder: Path) -> dict[str, Any]:
         raise EvaluationError(f"{path}: not readable ground truth ({exc})") from exc
 
 
-def run_case(case: CaseInput, out_dir: Path, device: str = "cpu", min_confidence: float = 0.2) -> CaseResult:
+def run_case(case: CaseInput, out_dir: Path, device: str = "cpu",
+             min_confidence: float = EvaluationConfig.reported_from) -> CaseResult:
     """Generate (if a phantom), analyse and collect one case; analysis failures become ``error``."""
     timing: dict[str, float] = {}
     started = time.perf_counter()
