@@ -46,7 +46,8 @@ from scipy import ndimage
 from sensecare.analysis.bundle import MlpBundle
 from sensecare.analysis.candidates import SOLID_HU, parenchyma_hu
 from sensecare.analysis.grid import CoarseGrid
-from sensecare.analysis.morphology import bounding_box, upsample_repeat
+from sensecare.analysis.morphology import upsample_repeat
+from sensecare.masks import bounding_box
 
 __all__ = [
     "FEATURE_NAMES",

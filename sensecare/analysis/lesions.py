@@ -39,8 +39,8 @@ from sensecare.analysis.candidates import (
 )
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.measure import axial_diameters
-from sensecare.analysis.morphology import bounding_box
 from sensecare.dicom.volume import Volume
+from sensecare.masks import bounding_box
 
 __all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds", "solid_type"]
 

@@ -273,17 +273,3 @@ def _convex_polygon_rows(
     columns = np.arange(min_c, max_c + 1, dtype=np.float64)[None, :]
     span = (columns >= low[:, None]) & (columns <= high[:, None])
     return slice(min_r, max_r + 1), slice(min_c, max_c + 1), span
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the nonzero voxels of ``mask`` (None when empty), from its projections.
-
-    ``any`` stops at the first set voxel of each slice, where ``ndimage.find_objects`` (on a
-    uint8 copy) visits every voxel of a series-sized mask.
-    """
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return None
-    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return (slice(int(zs[0]), int(zs[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))

@@ -46,8 +46,8 @@ from scipy import ndimage
 from sensecare.analysis.grid import CoarseGrid
 from sensecare.analysis.lobes import METHOD as LOBE_METHOD
 from sensecare.analysis.lobes import Lobe, approximate_lobes
-from sensecare.analysis.morphology import bounding_box
 from sensecare.analysis.report import LungOpacity
+from sensecare.masks import bounding_box
 
 #: Aerated lung below, abnormal (ground glass or denser) at or above.
 OPACITY_HU = -700.0

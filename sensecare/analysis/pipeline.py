@@ -301,7 +301,7 @@ def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir
 
 def _lung_box(labels: np.ndarray) -> tuple[slice, slice, slice]:
     """Bounding box of the lung labels (the whole volume when there are none)."""
-    from sensecare.analysis.morphology import bounding_box
+    from sensecare.masks import bounding_box
 
     box = bounding_box(labels)
     return box if box is not None else (slice(0, labels.shape[0]), slice(0, labels.shape[1]), slice(0, labels.shape[2]))

@@ -67,6 +67,7 @@ from pydicom.uid import (
 from sensecare.dicom import enum as coded
 from sensecare.dicom.enum import AlgorithmFamily, LesionType, Lobe, SegmentKind, Side
 from sensecare.errors import ResultEncodingError
+from sensecare.masks import bounding_box
 
 logger = logging.getLogger(__name__)
 
@@ -468,21 +469,11 @@ def _check_mask(
         if mask.size and (mask.min() < 0 or mask.max() > 1):
             raise ResultEncodingError(f"{name}: an integer mask must hold only 0 and 1")
         mask = mask.astype(bool)
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return mask[:0, :0, :0], None
     placed = tuple(slice(o + b.start, o + b.stop) for o, b in zip(origin, box))
     return mask[box], placed  # type: ignore[return-value]
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of a 3-D mask, None when empty (``any`` stops at a slice's first voxel)."""
-    planes = np.flatnonzero(mask.any(axis=(1, 2)))
-    if planes.size == 0:
-        return None
-    footprint = mask[planes[0] : planes[-1] + 1].any(axis=0)
-    rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
-    return (slice(planes[0], planes[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
 
 
 def parse_site(side: Side | str | None, lobe: Lobe | str | None, name: str) -> tuple[Side | None, Lobe | None]:

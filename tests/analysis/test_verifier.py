@@ -41,7 +41,7 @@ def _scan(spacing_xyz: tuple[float, float, float], centre_mm: tuple[float, float
 
 
 def _sampler(hu: np.ndarray, region: np.ndarray, spacing_xyz: tuple[float, float, float]) -> PatchSampler:
-    from sensecare.analysis.morphology import bounding_box
+    from sensecare.masks import bounding_box
 
     box = bounding_box(region)
     grid = CoarseGrid.for_spacing(hu[box].shape, spacing_xyz, 2.0)

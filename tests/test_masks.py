@@ -1,11 +1,11 @@
-"""Small array helpers of sensecare.analysis.morphology."""
+"""Mask helpers of sensecare.masks (shared by the DICOM encoders and the analysis)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from sensecare.analysis.morphology import bounding_box
+from sensecare.masks import bounding_box
 
 
 def test_bounding_box_agrees_with_find_objects_on_sparse_and_empty_masks() -> None:
