@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,16 @@ FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 def seeds_of(recipe: dict, key: str) -> list[int]:
     """The seeds a recipe lists under ``key`` as ``{"first": F, "count": N}``."""
     return list(range(recipe[key]["first"], recipe[key]["first"] + recipe[key]["count"]))
+
+
+def is_enriched(seed: int, recipe: dict) -> bool:
+    """Whether the seed is one of the recipe's lesion-enriched training phantoms (:func:`training_spec`)."""
+    return "enriched_train_seeds" in recipe and seed in seeds_of(recipe, "enriched_train_seeds")
+
+
+def cache_file(seed: int, cache: Path, recipe: dict) -> Path:
+    """Where a training script caches what it took from the seed's phantom."""
+    return cache / f"{'enriched' if is_enriched(seed, recipe) else 'seed'}-{seed}.npz"
 
 
 def make_cache(make: Callable[[int, Any, dict], str], seeds: list[int], cache, recipe: dict, jobs: int) -> float:  # type: ignore[no-untyped-def]
@@ -47,7 +58,6 @@ def read_back_phantom(spec, label: str):  # type: ignore[no-untyped-def]
     """``(phantom, volume, lungs)``: the phantom of ``spec`` written as DICOM, read back and its lungs
     segmented exactly as the analysis does, so training sees what inference will."""
     import tempfile
-    from pathlib import Path
 
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.pipeline import read_series

@@ -8,6 +8,8 @@ import pytest
 from sensecare.analysis.bundle_training import (
     FP_RATES,
     auc,
+    cache_file,
+    is_enriched,
     label_detections,
     sensitivities,
     training_spec,
@@ -64,3 +66,11 @@ def test_enriched_training_phantoms_keep_the_population_acquisition_and_hold_mor
     # the population's draws are unchanged by the new keywords
     a, b = np.random.default_rng(7), np.random.default_rng(7)
     assert random_lesion_specs(a) == random_lesion_specs(b, count=(1, 4))
+
+
+def test_enriched_seeds_are_cached_apart_from_the_population(tmp_path) -> None:
+    recipe = {"train_seeds": {"first": 3000, "count": 4}, "enriched_train_seeds": {"first": 4200, "count": 2}}
+    assert not is_enriched(3001, recipe) and is_enriched(4201, recipe) and not is_enriched(4202, recipe)
+    assert cache_file(3001, tmp_path, recipe) == tmp_path / "seed-3001.npz"
+    assert cache_file(4201, tmp_path, recipe) == tmp_path / "enriched-4201.npz"
+    assert not is_enriched(4201, {"train_seeds": {"first": 4200, "count": 2}})  # a recipe without any

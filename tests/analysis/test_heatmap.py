@@ -66,6 +66,26 @@ def test_features_cover_the_region_on_a_2mm_grid_and_describe_blobs() -> None:
     assert parenchyma.mean() > 0.8
 
 
+def test_ggo_burden_tells_diffuse_ground_glass_from_clear_lungs() -> None:
+    """One scan-level column: a nodule's ground glass barely moves it, diffuse disease does."""
+    burden = FEATURE_NAMES.index("ggo_burden")
+    hu, region, _ = _lung_box()
+    clear = voxel_features(hu, region, SPACING)
+    ggo_nodule = hu.copy()
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    ggo_nodule[(z * 1.25 - 40) ** 2 + (y * 0.8 - 60) ** 2 + (x * 0.8 - 60) ** 2 <= 7.0**2] = -620.0
+    with_nodule = voxel_features(ggo_nodule, region, SPACING)
+    diffuse = hu.copy()
+    diffuse[:, :, : hu.shape[2] // 3] += 240.0  # a third of the box reads -620 HU
+    with_diffuse = voxel_features(diffuse, region, SPACING)
+    assert clear is not None and with_nodule is not None and with_diffuse is not None
+    values = [float(maps.features[0, burden]) for maps in (clear, with_nodule, with_diffuse)]
+    for maps, value in zip((clear, with_nodule, with_diffuse), values):
+        assert np.all(maps.features[:, burden] == value)  # the same for every voxel of a scan
+    assert values[0] < 0.01 and values[1] < 0.02
+    assert values[2] >= 0.1
+
+
 def test_an_empty_region_has_no_features() -> None:
     hu, region, _ = _lung_box()
     assert voxel_features(hu, np.zeros_like(region), SPACING) is None

@@ -41,21 +41,26 @@ REPO = BUNDLE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sensecare.analysis.bundle_training import cache_file, is_enriched
+
 
 def samples_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     """Make (or find) the cached samples of one phantom."""
-    out = cache / f"seed-{seed}.npz"
+    out = cache_file(seed, cache, recipe)
     if out.exists():
         return f"seed {seed}: cached"
     import torch
 
     torch.set_num_threads(1)
-    from sensecare.analysis.bundle_training import read_back_phantom
+    from sensecare.analysis.bundle_training import (
+        read_back_phantom,
+        training_spec,
+    )
     from sensecare.analysis.heatmap import voxel_features
-    from sensecare.evaluation.run import PhantomRecipe
 
     started = time.perf_counter()
-    phantom, volume, lungs = read_back_phantom(PhantomRecipe().spec_for(seed), f"seed {seed}")
+    spec = training_spec(seed, enriched=is_enriched(seed, recipe))
+    phantom, volume, lungs = read_back_phantom(spec, f"seed {seed}")
     maps = voxel_features(volume.array, lungs.region, volume.spacing, lungs.lungs)
     rng = np.random.default_rng([seed, recipe["sampling_seed"]])
     lesions = phantom.lesions[maps.box]
@@ -91,15 +96,16 @@ def samples_for_seed(seed: int, cache: Path, recipe: dict) -> str:
         out.with_suffix(".tmp.npz"), features=maps.features[index], labels=np.concatenate(labels),
         lesion=np.concatenate(lesion_of),
         truth=np.array([[t.id, t.diameter_mm] for t in phantom.truth], dtype=np.float32).reshape(-1, 2),
+        truth_type=np.array([t.type for t in phantom.truth], dtype=str),
     )
     out.with_suffix(".tmp.npz").rename(out)
     return f"seed {seed}: {index.size} samples, {len(phantom.truth)} lesions, {time.perf_counter() - started:.0f} s"
 
 
-def load(seeds: list[int], cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load(seeds: list[int], cache: Path, recipe: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     feats, labels, lesion, case = [], [], [], []
     for seed in seeds:
-        with np.load(cache / f"seed-{seed}.npz") as data:
+        with np.load(cache_file(seed, cache, recipe)) as data:
             feats.append(data["features"])
             labels.append(data["labels"])
             lesion.append(data["lesion"])
@@ -107,12 +113,24 @@ def load(seeds: list[int], cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.concatenate(feats), np.concatenate(labels), np.concatenate(lesion), np.concatenate(case)
 
 
+def lesion_types(seeds: list[int], cache: Path, recipe: dict) -> dict[tuple[int, int], str]:
+    """``(seed, lesion id) -> type`` of the seeds' truth lesions."""
+    out = {}
+    for seed in seeds:
+        with np.load(cache_file(seed, cache, recipe)) as data:
+            for (lesion, _), kind in zip(data["truth"], data["truth_type"]):
+                out[seed, int(lesion)] = str(kind)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=REPO / "var" / "heatmap-cache-v2")
+    parser.add_argument("--cache", type=Path, default=REPO / "var" / "heatmap-cache-v3")
     parser.add_argument("--jobs", type=int, default=1, help="phantoms made in parallel")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--train-phantoms", type=int, help="use only the first N training seeds")
+    parser.add_argument("--enriched-phantoms", type=int, help="use only the first N lesion-enriched seeds")
+    parser.add_argument("--data-only", action="store_true", help="make the cached samples and stop")
     parser.add_argument("--validation-phantoms", type=int, help="use only the first N validation seeds (at least 1)")
     args = parser.parse_args()
 
@@ -132,14 +150,18 @@ def main() -> None:
     train_seeds = seeds_of(recipe, "train_seeds")
     val_seeds = seeds_of(recipe, "validation_seeds")
     train_seeds = train_seeds[: args.train_phantoms or None]
+    if "enriched_train_seeds" in recipe:
+        train_seeds += seeds_of(recipe, "enriched_train_seeds")[: args.enriched_phantoms]
     val_seeds = val_seeds[: args.validation_phantoms or None]
     args.cache.mkdir(parents=True, exist_ok=True)
-    data_s = make_cache(samples_for_seed, train_seeds + val_seeds, args.cache, recipe, args.jobs)
+    data_s = make_cache(samples_for_seed, val_seeds + train_seeds, args.cache, recipe, args.jobs)
+    if args.data_only:
+        return
 
     used = [name for name in FEATURE_NAMES if name not in set(recipe.get("excluded_features", []))]
     columns = [FEATURE_NAMES.index(name) for name in used]
-    x_train, y_train, _, _ = load(train_seeds, args.cache)
-    x_val, y_val, lesion_val, case_val = load(val_seeds, args.cache)
+    x_train, y_train, _, _ = load(train_seeds, args.cache, recipe)
+    x_val, y_val, lesion_val, case_val = load(val_seeds, args.cache, recipe)
     x_train, x_val = x_train[:, columns], x_val[:, columns]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-3
     log(f"training rows: {len(y_train)} ({int(y_train.sum())} lesion), validation rows: {len(y_val)}")
@@ -160,15 +182,25 @@ def main() -> None:
         p_train = torch.sigmoid(model(torch.from_numpy(rows[:200_000]))[:, 0]).numpy()
 
     threshold = 0.5
+    detection_threshold = 0.1
+    types = lesion_types(val_seeds, args.cache, recipe)
     found = []
-    for seed, lesion in {(int(c), int(les)) for c, les in zip(case_val, lesion_val) if les > 0}:
-        found.append(float(p_val[(case_val == seed) & (lesion_val == lesion)].max()) >= threshold)
+    by_type: dict[str, list[int]] = {}
+    for seed, lesion in sorted({(int(c), int(les)) for c, les in zip(case_val, lesion_val) if les > 0}):
+        peak = float(p_val[(case_val == seed) & (lesion_val == lesion)].max())
+        found.append(peak >= threshold)
+        counts = by_type.setdefault(types[seed, lesion], [0, 0, 0])
+        counts[0] += 1
+        counts[1] += peak >= detection_threshold
+        counts[2] += peak >= threshold
     metrics = {
         "validation": {
             "phantoms": len(val_seeds), "rows": len(y_val), "lesion_rows": int(y_val.sum()),
             "voxel_auc": round(auc(p_val, y_val), 4),
             "lesions": len(found), "lesions_with_peak_at_least_0.5": int(sum(found)),
             "negative_rows_at_least_0.5": round(float((p_val[y_val == 0] >= threshold).mean()), 4),
+            "negative_rows_at_least_0.1": round(float((p_val[y_val == 0] >= detection_threshold).mean()), 4),
+            "lesions_by_type_total_peak_0.1_peak_0.5": by_type,
         },
         "training": {
             "phantoms": len(train_seeds), "rows": len(y_train), "lesion_rows": int(y_train.sum()),

@@ -13,7 +13,7 @@ lesion masks: a detection is a lesion when its peak lies in one or at least
 ``positive_overlap`` of its mask does, no lesion when it touches none, and
 ignored in between.
 
-Each phantom's rows are cached in ``--cache`` (``var/ranker-cache-v2`` by
+Each phantom's rows are cached in ``--cache`` (``var/ranker-cache-v3`` by
 default); a rerun only makes what is missing. Training: binary cross-entropy
 (unweighted, so the output stays a calibrated probability), AdamW, one-cycle
 schedule. Validation reports the detection AUC and the lesion sensitivity at
@@ -41,11 +41,12 @@ REPO = BUNDLE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sensecare.analysis.bundle_training import cache_file, is_enriched
 
 
 def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     """Make (or find) the cached detection rows of one phantom."""
-    out = cache / f"seed-{seed}.npz"
+    out = cache_file(seed, cache, recipe)
     if out.exists():
         return f"seed {seed}: cached"
     import torch
@@ -55,7 +56,7 @@ def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     from sensecare.analysis.ranker import describe
 
     started = time.perf_counter()
-    found = phantom_detections(seed)
+    found = phantom_detections(seed, enriched=is_enriched(seed, recipe))
     phantom, spacing = found.phantom, found.spacing
     maps, probability, detections = found.maps, found.probability, found.detections
     descriptors = describe(detections, probability, maps, spacing)  # type: ignore[arg-type]
@@ -68,11 +69,11 @@ def rows_for_seed(seed: int, cache: Path, recipe: dict) -> str:
             f"{time.perf_counter() - started:.0f} s")
 
 
-def load(seeds: list[int], cache: Path) -> dict[str, np.ndarray]:
+def load(seeds: list[int], cache: Path, recipe: dict) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {"x": [], "y": [], "lesion": [], "case": []}
     truths = []
     for seed in seeds:
-        with np.load(cache / f"seed-{seed}.npz") as data:
+        with np.load(cache_file(seed, cache, recipe)) as data:
             parts["x"].append(data["descriptors"])
             parts["y"].append(data["labels"])
             parts["lesion"].append(data["lesion"])
@@ -83,12 +84,17 @@ def load(seeds: list[int], cache: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=REPO / "var" / "ranker-cache-v2")
+    parser.add_argument("--cache", type=Path, default=REPO / "var" / "ranker-cache-v3")
     parser.add_argument("--jobs", type=int, default=1, help="phantoms made in parallel")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--train-phantoms", type=int, help="use only the first N training seeds")
+    parser.add_argument("--enriched-phantoms", type=int, help="use only the first N lesion-enriched seeds")
     parser.add_argument("--validation-phantoms", type=int, help="use only the first N validation seeds (at least 1)")
     parser.add_argument("--data-only", action="store_true", help="make the cached rows and stop")
     args = parser.parse_args()
@@ -108,7 +114,8 @@ def main() -> None:
     from sensecare.analysis.ranker import DESCRIPTOR_NAMES
 
     recipe = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    train_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
+    population_seeds = seeds_of(recipe, "train_seeds")[: args.train_phantoms or None]
+    train_seeds = population_seeds + seeds_of(recipe, "enriched_train_seeds")[: args.enriched_phantoms]
     val_seeds = seeds_of(recipe, "validation_seeds")[: args.validation_phantoms or None]
     args.cache.mkdir(parents=True, exist_ok=True)
     data_s = make_cache(rows_for_seed, val_seeds + train_seeds, args.cache, recipe, args.jobs)
@@ -117,7 +124,7 @@ def main() -> None:
 
     used = [name for name in DESCRIPTOR_NAMES if name not in set(recipe.get("excluded_features", []))]
     columns = [DESCRIPTOR_NAMES.index(name) for name in used]
-    train, val = load(train_seeds, args.cache), load(val_seeds, args.cache)
+    train, val = load(train_seeds, args.cache, recipe), load(val_seeds, args.cache, recipe)
     keep = train["y"] >= 0
     x_train, y_train = train["x"][keep][:, columns], train["y"][keep].astype(np.float32)
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-3
@@ -133,6 +140,14 @@ def main() -> None:
     train_s = fit_binary(model, (x_train - mean) / std, y_train, iterations=iterations,
                          batch_rows=recipe["batch_rows"], learning_rate=recipe["learning_rate"],
                          weight_decay=recipe["weight_decay"], seed=recipe["torch_seed"], log=log)
+    # Enriched phantoms raise the share of lesions among the detections: shift the output back to
+    # the population's base rate, so that the score stays a probability for the scans analysed.
+    population = np.isin(train["case"], population_seeds) & keep
+    prior_shift = logit(float(y_train.mean())) - logit(float((train["y"][population] == 1).mean()))
+    output_layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        output_layer.bias -= prior_shift
+    log(f"prior shift {prior_shift:.3f} folded into the output bias")
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -151,7 +166,8 @@ def main() -> None:
                                                (round(s, 3) for s in sensitivities(val["x"][:, peak], val)))),
         },
         "training": {
-            "phantoms": len(train_seeds), "detections": int(keep.sum()), "on_lesions": int(y_train.sum()),
+            "phantoms": len(population_seeds), "enriched_phantoms": len(train_seeds) - len(population_seeds),
+            "detections": int(keep.sum()), "on_lesions": int(y_train.sum()), "prior_shift": round(prior_shift, 4),
             "detection_auc": round(auc(p_train[keep], train["y"][keep]), 4),
         },
     }

@@ -17,7 +17,7 @@ The ``enriched_train_seeds`` add phantoms of the same population holding 4-7
 lesions, mostly sub-solid (``training_spec(seed, enriched=True)``), for
 training only: calibration and validation use the population's phantoms.
 
-Each phantom's patches are cached in ``--cache`` (``var/verifier-cache`` by
+Each phantom's patches are cached in ``--cache`` (``var/verifier-cache-v3`` by
 default); a rerun only makes what is missing. Training: binary cross-entropy
 on batches with ``positive_share`` lesions, random flips and in-plane
 transposes, AdamW with a one-cycle schedule; the logit's shift from the
@@ -48,17 +48,7 @@ REPO = BUNDLE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-
-def is_enriched(seed: int, recipe: dict) -> bool:
-    """Whether the seed is one of the recipe's lesion-enriched training phantoms."""
-    from sensecare.analysis.bundle_training import seeds_of
-
-    return "enriched_train_seeds" in recipe and seed in seeds_of(recipe, "enriched_train_seeds")
-
-
-def cache_file(seed: int, cache: Path, recipe: dict) -> Path:
-    return cache / f"{'enriched' if is_enriched(seed, recipe) else 'seed'}-{seed}.npz"
+from sensecare.analysis.bundle_training import cache_file, is_enriched
 
 
 def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
@@ -69,15 +59,18 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from sensecare.analysis.bundle_training import label_detections, phantom_detections
-    from sensecare.analysis.ranker import LesionRanker, describe
+    from sensecare.analysis.bundle_training import (
+        label_detections,
+        phantom_detections,
+    )
+    from sensecare.analysis.ranker import describe
     from sensecare.analysis.verifier import PatchSampler
 
     started = time.perf_counter()
     found = phantom_detections(seed, enriched=is_enriched(seed, recipe))
     phantom, volume, lungs, spacing = found.phantom, found.volume, found.lungs, found.spacing
     maps, probability, detections = found.maps, found.probability, found.detections
-    ranker_scores = LesionRanker("cpu").score(describe(detections, probability, maps, spacing))  # type: ignore[arg-type]
+    descriptors = describe(detections, probability, maps, spacing)  # type: ignore[arg-type]
     labels, lesion_of = label_detections(detections, phantom.lesions, recipe["positive_overlap"])
     sampler = PatchSampler(volume.array, lungs.region, spacing, maps, probability)  # type: ignore[arg-type]
     patches = sampler.for_detections(detections)
@@ -93,14 +86,19 @@ def patches_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     truth = np.array([[t.id, t.diameter_mm] for t in phantom.truth], dtype=np.float32).reshape(-1, 2)
     np.savez_compressed(out.with_suffix(".tmp.npz"), patches=patches.astype(np.float16), labels=labels,
                         lesion=lesion_of, peak=np.array([d.score for d in detections], np.float32),
-                        ranker=ranker_scores.astype(np.float32), truth=truth,
+                        descriptors=descriptors, truth=truth,
                         jittered=jittered.astype(np.float16), jittered_of=np.array(copies_of, np.int32))
     out.with_suffix(".tmp.npz").rename(out)
     return (f"seed {seed}: {len(detections)} detections, {int((labels == 1).sum())} on lesions, "
             f"{time.perf_counter() - started:.0f} s")
 
 
-def load(seeds: list[int], cache: Path, recipe: dict, *, jittered: bool) -> dict[str, np.ndarray]:
+def load(seeds: list[int], cache: Path, recipe: dict, ranker, *, jittered: bool) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The cached patches of ``seeds``, each detection with the shipped ``ranker``'s score.
+
+    The ranker scores the cached descriptors here rather than when the patches are made, so a
+    retrained ranker needs no new patches.
+    """
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "y", "lesion", "case", "peak", "ranker", "original")}
     truths = []
     for seed in seeds:
@@ -110,7 +108,8 @@ def load(seeds: list[int], cache: Path, recipe: dict, *, jittered: bool) -> dict
             parts["lesion"].append(data["lesion"])
             parts["case"].append(np.full(len(data["labels"]), seed, np.int32))
             parts["peak"].append(data["peak"])
-            parts["ranker"].append(data["ranker"])
+            ranked = ranker.score(data["descriptors"]).astype(np.float32)
+            parts["ranker"].append(ranked)
             parts["original"].append(np.ones(len(data["labels"]), bool))
             if jittered and len(data["jittered"]):
                 n = len(data["jittered"])
@@ -119,7 +118,7 @@ def load(seeds: list[int], cache: Path, recipe: dict, *, jittered: bool) -> dict
                 parts["lesion"].append(data["lesion"][data["jittered_of"]])
                 parts["case"].append(np.full(n, seed, np.int32))
                 parts["peak"].append(data["peak"][data["jittered_of"]])
-                parts["ranker"].append(data["ranker"][data["jittered_of"]])
+                parts["ranker"].append(ranked[data["jittered_of"]])
                 parts["original"].append(np.zeros(n, bool))
             truths += [(seed, int(i), float(d)) for i, d in data["truth"]]
     out = {key: np.concatenate(value) for key, value in parts.items()}
@@ -184,7 +183,7 @@ def predict(model, x: np.ndarray, device, shift: float, batch: int = 256) -> np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=REPO / "var" / "verifier-cache")
+    parser.add_argument("--cache", type=Path, default=REPO / "var" / "verifier-cache-v3")
     parser.add_argument("--jobs", type=int, default=1, help="phantoms made in parallel")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
@@ -219,8 +218,11 @@ def main() -> None:
         return
 
     device = resolve_device(args.device)
-    train_data = load(train_seeds, args.cache, recipe, jittered=True)
-    val = load(val_seeds, args.cache, recipe, jittered=False)
+    from sensecare.analysis.ranker import LesionRanker
+
+    ranker = LesionRanker("cpu")
+    train_data = load(train_seeds, args.cache, recipe, ranker, jittered=True)
+    val = load(val_seeds, args.cache, recipe, ranker, jittered=False)
     keep = train_data["y"] >= 0
     x_train, y_train = train_data["x"][keep], train_data["y"][keep]
     # The calibration's base rate is the population's (original detections of its phantoms only):
