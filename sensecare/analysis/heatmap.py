@@ -75,6 +75,7 @@ GGO_CONTRAST_HU = 100.0
 GGO_MAX_HU = -300.0
 BORDER_CAP_MM = 30.0
 DEPTH_CAP_MM = 20.0
+#: Highest ground-glass burden a voxel row carries (see ggo_burden).
 GGO_BURDEN_CAP = 0.25
 #: Threads for the feature filters: the CPUs this process may use, at most four.
 FILTER_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -184,9 +185,9 @@ def ggo_burden(ggo_share: np.ndarray) -> float:
     """How much of the lung reads as ground glass: the share of region voxels mostly in its range.
 
     A scan-level column of every voxel's row, so that the classifier can tell a ground-glass
-    nodule in clear lungs (where ground glass is rare: ~0.2-2 % of voxels on phantoms and LIDC)
-    from one patch of diffuse disease (7-11 % on phantoms with 15 % diffuse opacity). Without it,
-    the diffuse opacity it must learn to ignore taught it to ignore ground glass everywhere.
+    nodule in clear lungs from one patch of diffuse disease: 0-0.9 % of voxels on clear phantoms,
+    0.35 % on LIDC-IDRI-0001, 7-12 % on phantoms with 15 % diffuse opacity. Without it, the diffuse
+    opacity it must learn to ignore taught it to ignore ground glass everywhere.
     Capped at GGO_BURDEN_CAP: beyond it a real scan is outside anything the phantoms show.
     """
     if ggo_share.size == 0:

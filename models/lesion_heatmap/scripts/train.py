@@ -3,7 +3,10 @@
 
 Data recipe (``configs/train.json``): phantoms drawn by the evaluation's own
 population (``sensecare.evaluation.run.PhantomRecipe``) from the training and
-validation seeds, never from the evaluation seeds 5000-5049. Each phantom is
+validation seeds, never from the evaluation seeds (5000-5049 and later held-out
+sets); the ``enriched_train_seeds`` add phantoms of the same population holding
+4-7 lesions, mostly sub-solid (``training_spec(seed, enriched=True)``), for
+training only. Each phantom is
 written as DICOM and read back, its lungs segmented as in the analysis, and
 the voxel features of ``sensecare.analysis.heatmap`` computed on the ~2 mm
 grid. Labels come from the phantom's lesion masks (share of each grid voxel
@@ -13,13 +16,13 @@ dependent density), the diffuse opacity (ground glass that is not a lesion)
 and random parenchyma. Each lesion contributes at most
 ``positives_per_lesion`` voxels, so masses do not drown small nodules.
 
-Each phantom's samples are cached in ``--cache`` (``var/heatmap-cache`` by
-default); a rerun only makes what is missing. Training: binary cross-entropy
-balanced between classes, AdamW, one-cycle schedule; validation reports the
+Each phantom's samples are cached in ``--cache`` (``var/heatmap-cache-v3`` by
+default); a rerun only makes what is missing. Training: unweighted binary
+cross-entropy, AdamW, one-cycle schedule; validation reports the
 voxel-level AUC and the share of validation lesions whose peak probability
-passes the detection threshold. Results go into ``configs/metadata.json``.
+passes the detection threshold, per lesion type. Results go into ``configs/metadata.json``.
 
-Run from the repository root (about 15 minutes on a 2-core CPU, most of it
+Run from the repository root (about 22 minutes on a 2-core CPU, most of it
 making phantoms)::
 
     .venv/bin/python models/lesion_heatmap/scripts/train.py --jobs 2

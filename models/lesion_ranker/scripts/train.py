@@ -11,7 +11,9 @@ segmented and its heatmap detections found exactly as in the analysis
 (``sensecare.analysis.ranker.describe``). Labels come from the phantom's
 lesion masks: a detection is a lesion when its peak lies in one or at least
 ``positive_overlap`` of its mask does, no lesion when it touches none, and
-ignored in between.
+ignored in between. The ``enriched_train_seeds`` add phantoms holding 4-7
+lesions, mostly sub-solid (``training_spec(seed, enriched=True)``), for
+training only; the logit shift they cause is folded back into the output bias.
 
 Each phantom's rows are cached in ``--cache`` (``var/ranker-cache-v3`` by
 default); a rerun only makes what is missing. Training: binary cross-entropy
