@@ -39,6 +39,11 @@ def cache_file(seed: int, cache: Path, recipe: dict) -> Path:
     return cache / f"{'enriched' if is_enriched(seed, recipe) else 'seed'}-{seed}.npz"
 
 
+def logit(probability: float) -> float:
+    """Log-odds: a prior shift between a training base rate and the population's is a difference of two."""
+    return float(np.log(probability / (1.0 - probability)))
+
+
 def make_cache(make: Callable[[int, Any, dict], str], seeds: list[int], cache, recipe: dict, jobs: int) -> float:  # type: ignore[no-untyped-def]
     """Run ``make(seed, cache, recipe)`` for every seed in ``jobs`` processes, logging each; seconds taken."""
     from concurrent.futures import ProcessPoolExecutor

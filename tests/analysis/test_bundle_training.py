@@ -11,6 +11,7 @@ from sensecare.analysis.bundle_training import (
     cache_file,
     is_enriched,
     label_detections,
+    logit,
     sensitivities,
     training_spec,
 )
@@ -74,3 +75,8 @@ def test_enriched_seeds_are_cached_apart_from_the_population(tmp_path) -> None:
     assert cache_file(3001, tmp_path, recipe) == tmp_path / "seed-3001.npz"
     assert cache_file(4201, tmp_path, recipe) == tmp_path / "enriched-4201.npz"
     assert not is_enriched(4201, {"train_seeds": {"first": 4200, "count": 2}})  # a recipe without any
+
+
+def test_logit_is_the_log_odds_so_prior_shifts_are_differences() -> None:
+    assert logit(0.5) == pytest.approx(0.0)
+    assert logit(0.25) - logit(0.01) == pytest.approx(np.log((0.25 / 0.75) / (0.01 / 0.99)))

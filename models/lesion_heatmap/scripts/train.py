@@ -105,25 +105,20 @@ def samples_for_seed(seed: int, cache: Path, recipe: dict) -> str:
     return f"seed {seed}: {index.size} samples, {len(phantom.truth)} lesions, {time.perf_counter() - started:.0f} s"
 
 
-def load(seeds: list[int], cache: Path, recipe: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load(seeds: list[int], cache: Path, recipe: dict
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[tuple[int, int], str]]:
+    """Feature rows, labels, lesion id and seed of each row, and ``(seed, lesion id) -> type``."""
     feats, labels, lesion, case = [], [], [], []
+    types: dict[tuple[int, int], str] = {}
     for seed in seeds:
         with np.load(cache_file(seed, cache, recipe)) as data:
             feats.append(data["features"])
             labels.append(data["labels"])
             lesion.append(data["lesion"])
             case.append(np.full(len(data["labels"]), seed, np.int32))
-    return np.concatenate(feats), np.concatenate(labels), np.concatenate(lesion), np.concatenate(case)
-
-
-def lesion_types(seeds: list[int], cache: Path, recipe: dict) -> dict[tuple[int, int], str]:
-    """``(seed, lesion id) -> type`` of the seeds' truth lesions."""
-    out = {}
-    for seed in seeds:
-        with np.load(cache_file(seed, cache, recipe)) as data:
-            for (lesion, _), kind in zip(data["truth"], data["truth_type"]):
-                out[seed, int(lesion)] = str(kind)
-    return out
+            for (lesion_id, _), kind in zip(data["truth"], data["truth_type"]):
+                types[seed, int(lesion_id)] = str(kind)
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(lesion), np.concatenate(case), types
 
 
 def main() -> None:
@@ -163,8 +158,8 @@ def main() -> None:
 
     used = [name for name in FEATURE_NAMES if name not in set(recipe.get("excluded_features", []))]
     columns = [FEATURE_NAMES.index(name) for name in used]
-    x_train, y_train, _, _ = load(train_seeds, args.cache, recipe)
-    x_val, y_val, lesion_val, case_val = load(val_seeds, args.cache, recipe)
+    x_train, y_train, _, _, _ = load(train_seeds, args.cache, recipe)
+    x_val, y_val, lesion_val, case_val, types = load(val_seeds, args.cache, recipe)
     x_train, x_val = x_train[:, columns], x_val[:, columns]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-3
     log(f"training rows: {len(y_train)} ({int(y_train.sum())} lesion), validation rows: {len(y_val)}")
@@ -186,7 +181,6 @@ def main() -> None:
 
     threshold = 0.5
     detection_threshold = 0.1
-    types = lesion_types(val_seeds, args.cache, recipe)
     found = []
     by_type: dict[str, list[int]] = {}
     for seed, lesion in sorted({(int(c), int(les)) for c, les in zip(case_val, lesion_val) if les > 0}):

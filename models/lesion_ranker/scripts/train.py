@@ -86,10 +86,6 @@ def load(seeds: list[int], cache: Path, recipe: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def logit(p: float) -> float:
-    return float(np.log(p / (1.0 - p)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=REPO / "var" / "ranker-cache-v3")
@@ -109,6 +105,7 @@ def main() -> None:
         auc,
         fit_binary,
         log,
+        logit,
         make_cache,
         seeds_of,
         sensitivities,

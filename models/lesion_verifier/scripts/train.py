@@ -200,6 +200,7 @@ def main() -> None:
         FP_RATES,
         auc,
         log,
+        logit,
         make_cache,
         seeds_of,
         sensitivities,
@@ -229,8 +230,7 @@ def main() -> None:
     # enriched phantoms and jittered copies raise the share of lesions, the analysed scans do not.
     population = np.isin(train_data["case"], population_seeds) & train_data["original"] & keep
     true_share = float((train_data["y"][population] == 1).mean())
-    prior_shift = float(np.log(recipe["positive_share"] / (1 - recipe["positive_share"]))
-                        - np.log(true_share / (1 - true_share)))
+    prior_shift = logit(recipe["positive_share"]) - logit(true_share)
     log(f"training patches: {len(y_train)} ({int(y_train.sum())} on lesions, jittered copies included), "
         f"validation: {len(val['y'])}; prior shift {prior_shift:.3f}")
 
