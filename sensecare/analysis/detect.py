@@ -16,9 +16,11 @@
 3. Each detection is segmented at full resolution by the classical
    segmentation (:func:`sensecare.analysis.lesions.segment_seeds`), seeded at
    its peak. That outline is kept when it describes the same thing as the
-   detection (centroid within the detection's radius, volume within a factor
-   of three); when it leaked into a vessel or lost the lesion, the detection's
-   own region is the mask (coarser, but in the right place).
+   detection (volume within a factor of three, and holding the detection's
+   peak or centred within the detection's radius:
+   :mod:`sensecare.analysis.agreement`); when it leaked into a vessel or lost
+   the lesion, the detection's own region is the mask (coarser, but in the
+   right place).
 4. Two detections whose masks are mostly one lesion are merged (the better
    score stays), and the list is sorted by score.
 
@@ -39,6 +41,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from sensecare.analysis.agreement import same_finding
 from sensecare.analysis.candidates import Candidate
 from sensecare.analysis.heatmap import (
     FeatureMaps,
@@ -62,11 +65,10 @@ from sensecare.dicom.volume import Volume
 
 __all__ = ["detect_lesions", "lesion_probability", "second_scores"]
 
-#: The classical outline is trusted when its centroid lies within this many detection radii
-#: (never less than MIN_AGREEMENT_MM) and its volume within VOLUME_FACTOR of the detection's.
+#: The classical outline is trusted when it is the detection redrawn
+#: (:func:`sensecare.analysis.agreement.same_finding`): it holds the detection's peak or its centroid
+#: lies within this many detection radii of the detection's, and the volumes agree.
 AGREEMENT_RADII = 1.0
-MIN_AGREEMENT_MM = 3.0
-VOLUME_FACTOR = 3.0
 #: Mean HU below which a fallback mask is ground glass (Fleischner: GGO does not hide vessels).
 GGO_MEAN_HU = -300.0
 
@@ -177,19 +179,9 @@ def confidence_of(peak_probability: float, ranker_probability: float) -> float:
     return float(np.sqrt(max(peak_probability, 0.0) * max(ranker_probability, 0.0)))
 
 
-def _centroid_mm(mask: np.ndarray, offset: tuple[int, int, int], spacing_xyz: tuple[float, ...]) -> np.ndarray:
-    zz, yy, xx = np.nonzero(mask)
-    sx, sy, sz = spacing_xyz
-    return np.array([(zz.mean() + offset[0]) * sz, (yy.mean() + offset[1]) * sy, (xx.mean() + offset[2]) * sx])
-
-
 def _agrees(lesion: Lesion, detection: HeatmapDetection, spacing_xyz: tuple[float, ...]) -> bool:
-    distance = float(np.linalg.norm(_centroid_mm(lesion.mask, lesion.offset, spacing_xyz)
-                                    - _centroid_mm(detection.mask, detection.offset, spacing_xyz)))
-    if distance > max(AGREEMENT_RADII * detection.radius_mm, MIN_AGREEMENT_MM):
-        return False
-    ratio = np.count_nonzero(lesion.mask) / max(1, np.count_nonzero(detection.mask))  # both on the CT grid
-    return 1.0 / VOLUME_FACTOR <= ratio <= VOLUME_FACTOR
+    return same_finding(lesion.mask, lesion.offset, detection.mask, detection.offset, spacing_xyz,
+                        radius_mm=AGREEMENT_RADII * detection.radius_mm, anchor=detection.peak)
 
 
 def _from_detection(detection: HeatmapDetection, volume: Volume, region: np.ndarray,

@@ -156,25 +156,17 @@ def analyze_volume(
     Findings below ``min_confidence`` are not reported; only an evaluation tracing a whole FROC
     curve asks for less than the product's :data:`MIN_CONFIDENCE`.
     """
-    from sensecare.analysis.detect import detect_lesions
     from sensecare.analysis.diffuse import discount_in_diffuse_disease
     from sensecare.analysis.lungs import segment_lungs
     from sensecare.analysis.measure import measure_lesion
     from sensecare.analysis.opacity import dense_parenchyma, measure_opacity
-    from sensecare.analysis.refine import refine_lesions
 
     clock = clock or _Clock(None)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     lungs = segment_lungs(volume)
     clock.lap("lungs")
-    heatmap = _heatmap_model(device)
-    ranker = _ranker_model(device)
-    verifier = _verifier_model(device)
-    found = detect_lesions(volume, lungs, heatmap, ranker, verifier=verifier, min_confidence=min_confidence)
-    network = _lesion_network(device)
-    found = refine_lesions(volume.array, volume.spacing, found, network)
-    found = [lesion for lesion in found if lesion.confidence >= min_confidence]
+    found = lesion_findings(volume, lungs, device, min_confidence)
     clock.lap("lesions")
 
     # The parenchyma first: in a diffusely abnormal scan, sub-solid findings are rather patches
@@ -242,7 +234,7 @@ def analyze_volume(
         flags=flags,
         urgency=urgency_for(flags),
         timing_s={},
-        models=_models(heatmap, ranker, verifier, network),
+        models=_models(_heatmap_model(device), _ranker_model(device), _verifier_model(device), _lesion_network(device)),
         device=device,
         outputs=outputs,
     )
@@ -251,6 +243,17 @@ def analyze_volume(
     report_path = out_dir / "report.json"
     report_path.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     return AnalysisResult(report=report, report_path=report_path, seg_path=seg_path, sr_path=sr_path)
+
+
+def lesion_findings(volume: Volume, lungs, device: str = "cpu", min_confidence: float = MIN_CONFIDENCE) -> list:  # type: ignore[no-untyped-def]
+    """The lesion stage with the shipped models: detections, outlined, confirmed by the patch network, best first."""
+    from sensecare.analysis.detect import detect_lesions
+    from sensecare.analysis.refine import refine_lesions
+
+    found = detect_lesions(volume, lungs, _heatmap_model(device), _ranker_model(device),
+                           verifier=_verifier_model(device), min_confidence=min_confidence)
+    found = refine_lesions(volume.array, volume.spacing, found, _lesion_network(device))
+    return [lesion for lesion in found if lesion.confidence >= min_confidence]
 
 
 def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir, clock):  # type: ignore[no-untyped-def]
