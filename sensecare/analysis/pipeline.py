@@ -246,14 +246,17 @@ def analyze_volume(
 
 
 def lesion_findings(volume: Volume, lungs, device: str = "cpu", min_confidence: float = MIN_CONFIDENCE) -> list:  # type: ignore[no-untyped-def]
-    """The lesion stage with the shipped models: detections, outlined, confirmed by the patch network, best first."""
+    """The lesion stage with the shipped models: detections, outlined, confirmed by the patch network,
+    ground glass with a solid core typed part solid; best first."""
     from sensecare.analysis.detect import detect_lesions
     from sensecare.analysis.refine import refine_lesions
+    from sensecare.analysis.solid_core import type_solid_cores
 
     found = detect_lesions(volume, lungs, _heatmap_model(device), _ranker_model(device),
                            verifier=_verifier_model(device), min_confidence=min_confidence)
     found = refine_lesions(volume.array, volume.spacing, found, _lesion_network(device))
-    return [lesion for lesion in found if lesion.confidence >= min_confidence]
+    found = [lesion for lesion in found if lesion.confidence >= min_confidence]
+    return type_solid_cores(volume.array, volume.spacing, found)
 
 
 def _write_dicom(volume, slices, lungs, found, lesions, opacity_summary, out_dir, clock):  # type: ignore[no-untyped-def]
