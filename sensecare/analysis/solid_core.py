@@ -41,7 +41,7 @@ OPENING_MM = 1.5
 
 @dataclass(frozen=True)
 class SolidCore:
-    """The largest compact-able solid component inside a finding's mask."""
+    """The largest solid component inside a finding's mask that the opening leaves."""
 
     diameter_mm: float  # sphere-equivalent; 0 when there is none
     elongation: float  # sqrt of largest over smallest principal variance; 0 when there is none

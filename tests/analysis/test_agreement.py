@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensecare.analysis.agreement import centroid_mm, holds, same_finding
+from sensecare.analysis.agreement import centroid_mm, holds, same_finding, share_inside
 
 SPACING = (0.7, 0.7, 1.25)  # x, y, z mm
 
@@ -51,3 +51,23 @@ def test_a_concentric_redrawing_agrees_within_the_volume_factor_and_offsets_coun
     assert holds(cropped, offset, (25, 25, 25)) and not holds(cropped, offset, (0, 0, 0))
     shifted = (offset[0], offset[1], offset[2] + 20)  # 14 mm along x
     assert not same_finding(cropped, shifted, small, (0, 0, 0), SPACING, radius_mm=4.0)
+
+
+def test_an_outline_holding_the_peak_but_leaking_out_of_the_detection_is_not_the_same() -> None:
+    """A mass's outline ran into the hilum: it holds the peak and its volume is within 3x, but most of it is outside."""
+    shape = (60, 120, 120)
+    detection = _ball(shape, (30, 60, 40), 10.0)
+    leak = _ball(shape, (30, 60, 66), 12.0) | detection  # centred 11.6 mm off
+    peak = (30, 60, 40)
+    assert holds(leak, (0, 0, 0), peak)
+    assert 1.0 < np.count_nonzero(leak) / np.count_nonzero(detection) < 3.0
+    assert share_inside(leak, (0, 0, 0), detection, (0, 0, 0)) < 0.5
+    assert not same_finding(leak, (0, 0, 0), detection, (0, 0, 0), SPACING, radius_mm=10.0, anchor=peak)
+
+
+def test_share_inside_counts_overlap_of_masks_cropped_at_different_offsets() -> None:
+    a = np.ones((4, 4, 4), bool)
+    assert share_inside(a, (0, 0, 0), a, (0, 0, 0)) == 1.0
+    assert share_inside(a, (0, 0, 0), a, (2, 0, 0)) == 0.5
+    assert share_inside(a, (0, 0, 0), a, (0, 4, 0)) == 0.0
+    assert share_inside(np.zeros((2, 2, 2), bool), (0, 0, 0), a, (0, 0, 0)) == 0.0
