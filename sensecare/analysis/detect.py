@@ -16,8 +16,8 @@
 3. Each detection is segmented at full resolution by the classical
    segmentation (:func:`sensecare.analysis.lesions.segment_seeds`), seeded at
    its peak. That outline is kept when it describes the same thing as the
-   detection (volume within a factor of three, and holding the detection's
-   peak or centred within the detection's radius:
+   detection (volume within a factor of three, and centred within the
+   detection's radius or holding its peak while lying mostly inside it:
    :mod:`sensecare.analysis.agreement`); when it leaked into a vessel or lost
    the lesion, the detection's own region is the mask (coarser, but in the
    right place).
@@ -66,8 +66,8 @@ from sensecare.dicom.volume import Volume
 __all__ = ["detect_lesions", "lesion_probability", "second_scores"]
 
 #: The classical outline is trusted when it is the detection redrawn
-#: (:func:`sensecare.analysis.agreement.same_finding`): it holds the detection's peak or its centroid
-#: lies within this many detection radii of the detection's, and the volumes agree.
+#: (:func:`sensecare.analysis.agreement.same_finding`): its centroid lies within this many
+#: detection radii of the detection's, or it holds the peak and lies mostly inside the detection.
 AGREEMENT_RADII = 1.0
 #: Mean HU below which a fallback mask is ground glass (Fleischner: GGO does not hide vessels).
 GGO_MEAN_HU = -300.0
