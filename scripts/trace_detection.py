@@ -4,7 +4,11 @@ An evaluation says which lesions were missed; this says at which step: no voxel 
 detection threshold (``heatmap``), a detection whose peak lies elsewhere (``merged``: the
 lesion is a minor part of a larger detection, typically a vessel), the ranker's cut
 (``ranker``), the verifier's candidate cap (``cap``), the final list (``final``: found, with its
-confidence). One JSON line per lesion of at least 5 mm; a summary at the end.
+confidence). JSON lines: one per lesion of at least 5 mm (``stage`` says where it was lost), one per
+scan (``stage: scan``: its false positives' confidences, with and without the diffuse-disease
+discount, so the FROC can be recomputed), and one per detection the ranker lets through
+(``stage: detection``: peak, ranker and verifier scores, label), for comparing ranking rules
+offline. A summary at the end.
 
     .venv/bin/python scripts/trace_detection.py --seeds 5000-5049 --jobs 2 --out out/trace.jsonl
 """
@@ -19,6 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def trace_seed(seed: int) -> list[dict]:
@@ -40,7 +46,8 @@ def trace_seed(seed: int) -> list[dict]:
     pd = phantom_detections(seed)
     phantom, volume, lungs, maps, probability = pd.phantom, pd.volume, pd.lungs, pd.maps, pd.probability
     detections = pd.detections
-    labels, lesion_of = label_detections(detections, phantom.lesions, 0.3)
+    recipe = json.loads((REPO / "models" / "lesion_ranker" / "configs" / "train.json").read_text())
+    labels, lesion_of = label_detections(detections, phantom.lesions, recipe["positive_overlap"])
     ranker, verifier = _ranker_model("cpu"), _verifier_model("cpu")
     ranked = ranker.score(describe(detections, probability, maps, pd.spacing))
     sampler = PatchSampler(volume.array, lungs.region, pd.spacing, maps, probability)
