@@ -42,7 +42,8 @@ from sensecare.analysis.measure import axial_diameters
 from sensecare.dicom.volume import Volume
 from sensecare.masks import bounding_box
 
-__all__ = ["Lesion", "LesionType", "confidence_from", "find_lesions", "merge_overlapping", "segment_seeds", "solid_type"]
+__all__ = ["Lesion", "LesionType", "confidence_from", "equivalent_radius_mm", "find_lesions", "merge_overlapping",
+           "open_ball", "segment_seeds", "solid_type"]
 
 #: Sub-solid (ground-glass) detection: this many HU above the parenchyma, on a ~1.2 mm smoothed
 #: image; the outline is then drawn at half the lesion's own contrast, never below the minimum.
@@ -172,7 +173,7 @@ def find_lesions(
         if window_taken.size and window_taken.mean() > 0.5:
             continue
         taken[seg.window] |= seg.outline.mask
-        if 2.0 * _eq_radius(seg.outline.mask, ctx.zyx) < min_diameter_mm:
+        if 2.0 * equivalent_radius_mm(seg.outline.mask, ctx.zyx) < min_diameter_mm:
             continue
         lesions.append(_describe(ctx, seed, seg, start))
     lesions = [les for les in merge_overlapping(lesions) if les.confidence >= min_confidence]
@@ -277,7 +278,7 @@ def _smooth(image: np.ndarray, sigma_mm: float, spacing_zyx: tuple[float, float,
     return ndimage.gaussian_filter(image, sig, mode="nearest")
 
 
-def _open(mask: np.ndarray, radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+def open_ball(mask: np.ndarray, radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
     """Morphological opening by a ball of ``radius_mm`` (voxel centres within the radius)."""
     if radius_mm < 0.5 * min(spacing_zyx[1:]):
         return mask
@@ -384,7 +385,8 @@ def _touches_open_border(mask: np.ndarray, window: tuple[slice, ...], shape: tup
     return False
 
 
-def _eq_radius(mask: np.ndarray, zyx: tuple[float, float, float]) -> float:
+def equivalent_radius_mm(mask: np.ndarray, zyx: tuple[float, float, float]) -> float:
+    """Radius (mm) of the sphere of the mask's volume; ``zyx`` is the voxel size."""
     vol = float(np.count_nonzero(mask)) * zyx[0] * zyx[1] * zyx[2]
     return (3.0 * vol / (4.0 * math.pi)) ** (1.0 / 3.0)
 
@@ -450,11 +452,11 @@ def _outline(
     opening = float(np.clip(factor * radius, 0.0, MAX_OPENING_MM))
     solid = None
     if solid_all.any():
-        solid = _component_at(_open(solid_all, opening, zyx), point, near_reach)
+        solid = _component_at(open_ball(solid_all, opening, zyx), point, near_reach)
         if solid is None:
             # Smaller than the opening: accept the plain component only if it stays near the seed's size.
             solid = _component_at(solid_all, point, near_reach)
-            if solid is not None and _eq_radius(solid, zyx) > 2.0 * max(radius, 2.0):
+            if solid is not None and equivalent_radius_mm(solid, zyx) > 2.0 * max(radius, 2.0):
                 solid = None
         else:
             solid = _reconstruct(solid, solid_all, opening, zyx)
@@ -469,7 +471,7 @@ def _outline(
         # Other solid structures (vessels) and their partial-volume halo are not ground glass.
         others = _near(solid_all & ~solid, _halo_mm(zyx), zyx)
         sub_all = (glass_level & ~others) | solid
-        sub = _component_at(_open(sub_all, sub_open, zyx), point, reach)
+        sub = _component_at(open_ball(sub_all, sub_open, zyx), point, reach)
         return None if sub is None else _reconstruct(sub, sub_all, sub_open, zyx) | solid
 
     sub = subsolid_part(solid)
@@ -490,7 +492,7 @@ def _outline(
         n_sub = max(1, int(np.count_nonzero(sub)))
         ggo_share = float(np.count_nonzero(ggo)) / n_sub
         solid_share = float(np.count_nonzero(solid & sub)) / n_sub
-        subsolid = ggo_share >= GGO_MIN_SHARE and solid_share < 0.5 and _eq_radius(ggo, zyx) * 2.0 >= 3.0
+        subsolid = ggo_share >= GGO_MIN_SHARE and solid_share < 0.5 and equivalent_radius_mm(ggo, zyx) * 2.0 >= 3.0
         if subsolid:
             sub, level = _half_contrast(sub, ggo, soft, inside & ~others, solid, background, sub_open, zyx, point, reach)
             # Solid tissue belongs to a ground-glass lesion only within its outline (a core, or a
@@ -501,7 +503,7 @@ def _outline(
     base = sub if (subsolid and sub is not None) else solid
     if not base.any():
         return None
-    core = _component_at(_open(solid & base, CORE_OPENING_MM, zyx), point, reach * 2)
+    core = _component_at(open_ball(solid & base, CORE_OPENING_MM, zyx), point, reach * 2)
     core = np.zeros(filled.shape, bool) if core is None else core
     return _Outline(base, solid, core, subsolid, opening, False, level)
 
@@ -556,7 +558,7 @@ def _half_contrast(
     if half >= level:
         return sub, level
     wider = (((soft >= half) & inside) & _near(sub, (EDGE_SHIFT_MM,) * 3, zyx)) | sub
-    grown = _component_at(_open(wider, radius_mm, zyx), point, reach)
+    grown = _component_at(open_ball(wider, radius_mm, zyx), point, reach)
     if grown is None:
         return sub, level
     grown = _reconstruct(grown, wider, radius_mm, zyx) | solid
@@ -650,7 +652,7 @@ def _describe(ctx: _Context, seed: Candidate, seg: _Segmentation, start: tuple[i
             "solid_depth_2d_mm": _in_plane_depth(solid_part, ctx.spacing),
             "solid_fraction": float(np.count_nonzero(solid_part)) / n,
             "core_fraction": float(np.count_nonzero(core)) / n,
-            "core_diameter_mm": 2.0 * _eq_radius(core, zyx),
+            "core_diameter_mm": 2.0 * equivalent_radius_mm(core, zyx),
             "core_axis_ratio": shape_features(core, ctx.spacing)["axis_ratio"] if out.subsolid and core.any() else 0.0,
             "pleural_contact": outside,
             "lung_contact": lung_contact,

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from sensecare.analysis.agreement import same_finding
+from sensecare.analysis.lesions import equivalent_radius_mm
 from sensecare.analysis.network import (
     LesionNetwork,
     PatchGeometry,
@@ -70,7 +71,7 @@ def refine_lesions(
         if mask.any():
             mask, offset = _tight(mask, offset)
         redrawn = bool(mask.any()) and same_finding(mask, offset, lesion.mask, lesion.offset, spacing_xyz,
-                                                    radius_mm=_equivalent_radius_mm(lesion, spacing_xyz),
+                                                    radius_mm=equivalent_radius_mm(lesion.mask, spacing_xyz[::-1]),
                                                     volume_factor=NETWORK_VOLUME_FACTOR)
         if not redrawn:
             mask, offset = lesion.mask, lesion.offset
@@ -107,11 +108,6 @@ def _network_evidence(hu, spacing_xyz, lesions, network):  # type: ignore[no-unt
         own = _overlap(lesion, crop, offset)
         out.append((float(crop[own].mean()) if own.any() else 0.0, crop, offset, own))
     return out
-
-
-def _equivalent_radius_mm(lesion, spacing_xyz: tuple[float, float, float]) -> float:  # type: ignore[no-untyped-def]
-    volume = float(np.count_nonzero(lesion.mask)) * float(np.prod(spacing_xyz))
-    return float((3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
 def _centre(lesion) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]

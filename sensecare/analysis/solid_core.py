@@ -22,7 +22,12 @@ import numpy as np
 from scipy import ndimage
 
 from sensecare.analysis.candidates import GGO_MAX_HU
-from sensecare.analysis.lesions import Lesion, LesionType
+from sensecare.analysis.lesions import (
+    Lesion,
+    LesionType,
+    equivalent_radius_mm,
+    open_ball,
+)
 
 __all__ = ["MAX_CORE_ELONGATION", "MIN_CORE_DIAMETER_MM", "OPENING_MM", "SolidCore", "solid_core", "type_solid_cores"]
 
@@ -63,20 +68,18 @@ def solid_core(hu: np.ndarray, mask: np.ndarray, offset: tuple[int, int, int],
                                     sigma=tuple(SMOOTHING_MM / zyx))
     inner = tuple(slice(o - a, o - a + n) for o, a, n in zip(offset, lo, mask.shape))
     solid = (image[inner] > GGO_MAX_HU) & mask
-    reach = [round(float(OPENING_MM / s)) for s in zyx]
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    ball = sum((g * s) ** 2 for g, s in zip(grid, zyx)) <= OPENING_MM**2 + 1e-6
-    labels, n = ndimage.label(ndimage.binary_opening(solid, structure=ball))
+    # Padded: open_ball counts outside the array as inside, and the crop's edge is the mask's.
+    opened = open_ball(np.pad(solid, 1), OPENING_MM, (sz, sy, sx))[1:-1, 1:-1, 1:-1]
+    labels, n = ndimage.label(opened)
     if n == 0:
         return SolidCore(0.0, 0.0)
     sizes = np.bincount(labels.ravel())[1:]
     component = labels == int(np.argmax(sizes)) + 1
-    volume_mm3 = float(np.count_nonzero(component)) * float(np.prod(zyx))
     coords = np.argwhere(component) * zyx
     # A voxel's own extent keeps a thin component's smallest variance above zero.
     variances = np.linalg.eigvalsh(np.cov(coords, rowvar=False) + np.diag(zyx**2 / 12.0)) if len(coords) > 1 \
         else zyx**2 / 12.0
-    return SolidCore(diameter_mm=float(2.0 * (3.0 * volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)),
+    return SolidCore(diameter_mm=2.0 * equivalent_radius_mm(component, (sz, sy, sx)),
                      elongation=float(np.sqrt(variances.max() / variances.min())))
 
 

@@ -179,8 +179,11 @@ def main() -> None:
         p_val = torch.sigmoid(model(torch.from_numpy((x_val - mean) / std))[:, 0]).numpy()
         p_train = torch.sigmoid(model(torch.from_numpy(rows[:200_000]))[:, 0]).numpy()
 
+    metadata_path = BUNDLE / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
     threshold = 0.5
-    detection_threshold = 0.1
+    # The analysis's own detection level (kept in the bundle's settings below).
+    detection_threshold = float(metadata.get("sensecare", {}).get("detection_threshold", 0.1))
     found = []
     by_type: dict[str, list[int]] = {}
     for seed, lesion in sorted({(int(c), int(les)) for c, les in zip(case_val, lesion_val) if les > 0}):
@@ -196,8 +199,9 @@ def main() -> None:
             "voxel_auc": round(auc(p_val, y_val), 4),
             "lesions": len(found), "lesions_with_peak_at_least_0.5": int(sum(found)),
             "negative_rows_at_least_0.5": round(float((p_val[y_val == 0] >= threshold).mean()), 4),
-            "negative_rows_at_least_0.1": round(float((p_val[y_val == 0] >= detection_threshold).mean()), 4),
-            "lesions_by_type_total_peak_0.1_peak_0.5": by_type,
+            f"negative_rows_at_least_{detection_threshold:g}":
+                round(float((p_val[y_val == 0] >= detection_threshold).mean()), 4),
+            f"lesions_by_type_total_peak_{detection_threshold:g}_peak_0.5": by_type,
         },
         "training": {
             "phantoms": len(train_seeds), "rows": len(y_train), "lesion_rows": int(y_train.sum()),
@@ -214,8 +218,6 @@ def main() -> None:
 
     import monai
 
-    metadata_path = BUNDLE / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
     metadata.update({
         "name": "lesion_heatmap",
         "version": metadata.get("version", "0.1.0"),
@@ -237,7 +239,7 @@ def main() -> None:
         "features": used,
         "feature_mean": [round(float(v), 6) for v in mean],
         "feature_std": [round(float(v), 6) for v in std],
-        "detection_threshold": own.get("detection_threshold", 0.1),
+        "detection_threshold": detection_threshold,
         "min_volume_mm3": own.get("min_volume_mm3", 16.0),
         "max_detections": own.get("max_detections", 48),
     })
